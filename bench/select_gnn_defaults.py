@@ -1,0 +1,89 @@
+"""Choose the GNN defaults on validation accuracy (never on test).
+
+Trains MLP, GCN and SAGE on TA, E and P for every seed and every configuration of a small
+grid, forms h_TAPE per (model, seed) and ranks the configurations by the mean validation
+accuracy of h_TAPE over models and seeds. Test accuracy is printed for the record only.
+Needs the graph, LLM and feature artifacts of a Cora run in the lake (run `tag` first).
+
+    python bench/select_gnn_defaults.py [--lake data/lake] [--epochs 200]
+
+The last line is one JSON object: the chosen configuration and its validation accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from tag_pipeline.config import DatasetConfig, GNNConfig, LLMConfig, LMConfig
+from tag_pipeline.datasets import graph_key, open_graph
+from tag_pipeline.ensemble import ensemble_logits
+from tag_pipeline.features.stage import materialize_prediction_feature, materialize_text_feature
+from tag_pipeline.features.store import read_feature
+from tag_pipeline.lake import artifact_dir
+from tag_pipeline.llm.stage import materialize_responses
+from tag_pipeline.train import accuracy, train_node_classifier
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", type=Path, default=Path("data/lake"))
+    parser.add_argument("--root", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--epochs", type=int, default=200)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    seeds = [0, 1, 2, 3]
+    dataset = DatasetConfig(root=args.root)
+    graph_path = artifact_dir(args.lake, "cora", "graph", graph_key(dataset, seeds))
+    responses = materialize_responses(graph_path, dataset, LLMConfig(), args.lake)
+    feats = {
+        "TA": materialize_text_feature(graph_path, None, "TA", LMConfig(), args.lake),
+        "E": materialize_text_feature(graph_path, responses, "E", LMConfig(), args.lake),
+        "P": materialize_prediction_feature(graph_path, responses, 5, args.lake),
+    }
+    graph = open_graph(graph_path)
+    xs = {f: read_feature(p, graph.num_nodes) for f, p in feats.items()}
+    y, ei = torch.from_numpy(graph.labels), torch.from_numpy(graph.edge_index)
+
+    grid = [
+        GNNConfig(num_layers=L, hidden=128, dropout=d, weight_decay=wd, epochs=args.epochs, patience=args.epochs)
+        for L, d, wd in itertools.product((2, 3, 4), (0.0, 0.5), (0.0, 5e-4))
+    ]
+    results = []
+    for cfg in grid:
+        start = time.perf_counter()
+        val, test = {}, {}
+        for model in ("mlp", "gcn", "sage"):
+            vs, ts = [], []
+            for seed in seeds:
+                split = graph.splits[seed]
+                logits = [
+                    train_node_classifier(
+                        model, xs[f], ei, y, split, cfg, seed=seed, num_classes=graph.num_classes,
+                        topk=xs[f].shape[1] if f == "P" else None,
+                    ).logits
+                    for f in ("TA", "E", "P")
+                ]
+                h = ensemble_logits(logits)
+                vs.append(accuracy(h, y, torch.from_numpy(split.val)))
+                ts.append(accuracy(h, y, torch.from_numpy(split.test)))
+            val[model], test[model] = sum(vs) / len(vs), sum(ts) / len(ts)
+        mean_val = sum(val.values()) / len(val)
+        row = {"num_layers": cfg.num_layers, "dropout": cfg.dropout, "weight_decay": cfg.weight_decay,
+               "mean_val": round(mean_val, 4), **{f"val_{m}": round(v, 4) for m, v in val.items()},
+               **{f"test_{m}": round(v, 4) for m, v in test.items()}, "seconds": round(time.perf_counter() - start, 1)}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    best = max(results, key=lambda r: r["mean_val"])
+    print("chosen on mean validation accuracy of h_TAPE (MLP, GCN, SAGE; seeds 0-3):")
+    print(json.dumps(best))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The ``tag`` flow: TAPE end to end (graph -> LLM -> features -> GNNs -> h_TAPE -> report).
+
+Deployed as ``tag/full`` (see ``prefect.yaml``); run in-process by the ``tag`` command line.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Literal
+
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from tag_pipeline.config import (
+    DatasetConfig,
+    Feature,
+    GNNConfig,
+    LLMConfig,
+    LMConfig,
+    ModelName,
+    PipelineConfig,
+)
+from tasks.data import load_graph
+from tasks.features import build_prediction_feature, embed_text
+from tasks.llm import query_llm
+from tasks.report import report
+from tasks.train import ensemble as ensemble_task
+from tasks.train import train_gnn
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    start = time.perf_counter()
+    yield
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+@flow(name="tag", log_prints=True)
+def tag(
+    dataset: DatasetConfig = DatasetConfig(),
+    features: list[Feature] = ["TA", "E", "P"],
+    models: list[ModelName] = ["mlp", "gcn", "sage"],
+    seeds: list[int] = [0, 1, 2, 3],
+    llm: LLMConfig = LLMConfig(),
+    lm: LMConfig = LMConfig(),
+    gnn: GNNConfig = GNNConfig(),
+    ensemble: Literal["logits", "probs"] = "logits",
+    lake: str = "data/lake",
+) -> dict:
+    """Reproduce TAPE on one dataset: train a GNN per feature and seed, ensemble, report.
+
+    Returns the report's lake paths and the markdown text.
+    """
+    cfg = PipelineConfig(
+        dataset=dataset, features=features, models=models, seeds=seeds, llm=llm, lm=lm, gnn=gnn,
+        ensemble=ensemble, lake=lake,
+    )
+    lake_root = str(cfg.lake)
+    timings: dict[str, float] = {}
+
+    with _timed(timings, "graph"):
+        graph = load_graph(cfg.dataset, cfg.seeds, lake_root)
+    responses = None
+    if {"E", "P"} & set(cfg.features):
+        with _timed(timings, "llm"):
+            responses = query_llm(graph, cfg.dataset, cfg.llm, lake_root)
+
+    feature_paths: dict[str, str] = {}
+    with _timed(timings, "features"):
+        for feature in cfg.features:
+            if feature == "P":
+                feature_paths[feature] = build_prediction_feature(graph, responses, cfg.llm.top_k, lake_root)
+            else:
+                feature_paths[feature] = embed_text(graph, responses, feature, cfg.lm, lake_root)
+
+    total = len(cfg.models) * len(cfg.seeds) * len(cfg.features)
+    progress = create_progress_artifact(progress=0.0, description=f"GNN training runs ({total})")
+    runs: dict[tuple[str, int], list[dict]] = {}
+    with _timed(timings, "train"):
+        done = 0
+        for model in cfg.models:
+            for seed in cfg.seeds:
+                for feature in cfg.features:
+                    run = train_gnn(graph, feature_paths[feature], feature, model, seed, cfg.gnn, lake_root)
+                    runs.setdefault((model, seed), []).append(run)
+                    done += 1
+                    update_progress_artifact(progress, progress=100.0 * done / total)
+
+    ensembles = []
+    with _timed(timings, "ensemble"):
+        if len(cfg.features) > 1:
+            for (model, seed), members in runs.items():
+                ensembles.append(ensemble_task(graph, members, model, seed, cfg.ensemble, lake_root))
+
+    all_runs = [r for members in runs.values() for r in members] + ensembles
+    paths = {"graph": graph, **({"llm responses": responses} if responses else {}),
+             **{f"features {f}": p for f, p in feature_paths.items()}}
+    paths["training runs"] = str(cfg.lake / cfg.dataset.name / "train")
+    timings_rounded = {k: round(v, 2) for k, v in timings.items()}
+    out = report(cfg.dataset.name, all_runs, timings_rounded, paths, responses, [], lake_root)
+    print(out["markdown"])
+    return out

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The main job: set everything up, then run the `tag/full` deployment on Cora and print the
+# accuracy table, the lake paths and the UI address.
+#
+#   scripts/main.sh                                   # the whole run (TAPE on Cora, seeds 0-3)
+#   scripts/main.sh --param dataset='{"subset": 300}' # any `prefect deployment run` options
+#
+# It (1) creates/updates .venv, (2) starts a local Prefect server (SQLite, 127.0.0.1, state in
+# .prefect/) unless one is already healthy, (3) creates the process work pool, (4) deploys
+# prefect.yaml, (5) starts a worker unless one is running, (6) runs `prefect deployment run
+# tag/full --watch` and (7) prints the flow run's report. Run again, it reuses the server and
+# the worker. scripts/stop.sh stops them.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+bash "$PROJECT_DIR/scripts/setup.sh"
+cd "$PROJECT_DIR"
+export PATH="$VENV/bin:$PATH"
+export PREFECT_API_URL="http://127.0.0.1:$TAG_PREFECT_PORT/api"
+mkdir -p "$PREFECT_HOME"
+LOG_DIR="$PREFECT_HOME/logs"; mkdir -p "$LOG_DIR"
+
+healthy() { python - <<'PY' 2>/dev/null
+import os, sys, urllib.request
+try:
+    with urllib.request.urlopen(os.environ["PREFECT_API_URL"] + "/health", timeout=2) as r:
+        sys.exit(0 if r.status == 200 else 1)
+except Exception:
+    sys.exit(1)
+PY
+}
+
+if healthy; then
+  echo "[main] Prefect server already running at $PREFECT_API_URL"
+else
+  echo "[main] starting Prefect server on 127.0.0.1:$TAG_PREFECT_PORT (log: $LOG_DIR/server.log)"
+  nohup prefect server start --host 127.0.0.1 --port "$TAG_PREFECT_PORT" --analytics-off \
+    > "$LOG_DIR/server.log" 2>&1 < /dev/null &
+  echo $! > "$PREFECT_HOME/server.pid"
+  for _ in $(seq 1 120); do healthy && break; sleep 1; done
+  healthy || { echo "[main] server did not become healthy; see $LOG_DIR/server.log" >&2; tail -20 "$LOG_DIR/server.log" >&2; exit 1; }
+fi
+
+if ! prefect work-pool inspect "$TAG_WORK_POOL" > /dev/null 2>&1; then
+  prefect work-pool create "$TAG_WORK_POOL" --type process > /dev/null
+  echo "[main] created process work pool $TAG_WORK_POOL"
+fi
+
+echo "[main] deploying prefect.yaml"
+prefect --no-prompt deploy --all > "$LOG_DIR/deploy.log" 2>&1 || { cat "$LOG_DIR/deploy.log" >&2; exit 1; }
+
+worker_pid="$(cat "$PREFECT_HOME/worker.pid" 2>/dev/null || true)"
+if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then
+  echo "[main] worker already running (pid $worker_pid)"
+else
+  echo "[main] starting a worker on pool $TAG_WORK_POOL (log: $LOG_DIR/worker.log)"
+  nohup prefect worker start --pool "$TAG_WORK_POOL" --type process \
+    > "$LOG_DIR/worker.log" 2>&1 < /dev/null &
+  echo $! > "$PREFECT_HOME/worker.pid"
+fi
+
+echo "[main] prefect deployment run tag/full --watch $*"
+set +e
+prefect deployment run tag/full --watch "$@"
+status=$?
+set -e
+python deployments/show_run.py --deployment tag/full
+exit $status

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: create or update the environment, then run the whole test suite.
+# Extra arguments go to pytest (e.g. scripts/test.sh tests/llm -k parse).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+bash "$PROJECT_DIR/scripts/setup.sh"
+cd "$PROJECT_DIR"
+# Tests start their own Prefect (prefect_test_harness): never a running server's API.
+unset PREFECT_API_URL PREFECT_HOME PREFECT_RESULTS_LOCAL_STORAGE_PATH
+exec "$VENV/bin/python" -m pytest "$@"

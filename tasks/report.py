@@ -1,0 +1,32 @@
+"""Report task: metrics.parquet in the lake and a Prefect markdown artifact."""
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tag_pipeline.lake import read_artifact
+from tag_pipeline.report import materialize_report
+
+
+@task(name="report", cache_policy=NO_CACHE, retries=1)
+def report(
+    dataset: str,
+    runs: list[dict],
+    timings: dict[str, float],
+    paths: dict[str, str],
+    responses: str | None,
+    missing_features: list[str],
+    lake: str,
+) -> dict:
+    """Write metrics.parquet and report.md; publish the report as a markdown artifact."""
+    stats = read_artifact(responses, verify=False).manifest.get("stats") if responses else None
+    path, markdown = materialize_report(
+        dataset, runs, timings, paths, Path(lake), llm_stats=stats, missing_features=missing_features
+    )
+    create_markdown_artifact(
+        markdown=markdown, key=f"tag-report-{dataset}".lower().replace("_", "-"),
+        description=f"TAPE accuracy table for {dataset}",
+    )
+    return {"report": str(path), "metrics": str(path / "metrics.parquet"), "markdown": markdown}

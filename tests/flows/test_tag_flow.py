@@ -1,0 +1,102 @@
+"""End to end: the ``tag`` flow on a slice of real Cora under a Prefect test server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tag_pipeline.config import DatasetConfig, GNNConfig, LMConfig
+
+pytestmark = pytest.mark.slow
+
+
+def _artifact_dirs(lake: Path) -> set[str]:
+    return {str(p.relative_to(lake)) for p in lake.glob("*/*/*") if p.is_dir()}
+
+
+def _task_states(flow_run_id) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.state.name for r in runs}
+
+
+def _markdown_artifacts(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["markdown"])
+            )
+        )
+    return [a.data for a in arts]
+
+
+def test_tag_flow_on_cora_slice_then_all_cache_hits(prefect_harness, shared_data, tmp_path):
+    from flows.tag import tag
+
+    lake = tmp_path / "lake"
+    params = dict(
+        dataset=DatasetConfig(root=shared_data, subset=160),
+        seeds=[0, 1],
+        lm=LMConfig(max_length=64),
+        gnn=GNNConfig(epochs=40, patience=40),
+        lake=str(lake),
+    )
+    state = tag(**params, return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+
+    metrics = pl.read_parquet(out["metrics"])
+    assert metrics.columns == ["dataset", "model", "feature", "seed", "split", "accuracy"]
+    # 3 models x (TA, E, P, TAPE) x 2 seeds x (val, test)
+    assert metrics.height == 3 * 4 * 2 * 2
+    assert set(metrics["feature"]) == {"TA", "E", "P", "TAPE"}
+    assert metrics["accuracy"].is_between(0, 1).all()
+    # 7 classes: chance is ~0.3 for the majority class; every h_TAPE must beat it clearly
+    tape_test = metrics.filter((pl.col("feature") == "TAPE") & (pl.col("split") == "test"))
+    assert tape_test["accuracy"].mean() > 0.6
+
+    first_run = state.state_details.flow_run_id
+    states = _task_states(first_run)
+    assert sum(name.startswith("train-") for name in states) == 3 * 3 * 2
+    assert all(s == "Completed" for s in states.values()), states
+    reports = _markdown_artifacts(first_run)
+    assert len(reports) == 1 and "h_TAPE" in reports[0] and "0.9119" in reports[0]
+
+    artifacts_before = _artifact_dirs(lake)
+    assert {p.split("/")[1] for p in artifacts_before} >= {"graph", "llm", "features", "train", "ensemble", "report"}
+
+    # Nothing changed: every stage task is a cache hit and the lake gains nothing.
+    state2 = tag(**params, return_state=True)
+    assert state2.is_completed()
+    states2 = _task_states(state2.state_details.flow_run_id)
+    stage_states = {n: s for n, s in states2.items() if not n.startswith("report")}
+    assert stage_states and all(s == "Cached" for s in stage_states.values()), stage_states
+    assert _artifact_dirs(lake) == artifacts_before
+    assert pl.read_parquet(state2.result()["metrics"]).equals(metrics)
+
+
+def test_gnn_change_reuses_graph_llm_and_features(prefect_harness, shared_data, tmp_path):
+    from flows.tag import tag
+
+    lake = tmp_path / "lake"
+    base = dict(
+        dataset=DatasetConfig(root=shared_data, subset=120),
+        features=["TA", "P"], models=["gcn"], seeds=[0],
+        lm=LMConfig(max_length=32), lake=str(lake),
+    )
+    tag(**base, gnn=GNNConfig(epochs=10, patience=10))
+    state = tag(**base, gnn=GNNConfig(epochs=12, patience=12), return_state=True)
+    states = _task_states(state.state_details.flow_run_id)
+    assert states["load-graph-cora"] == "Cached"
+    assert states["query-llm-replay"] == "Cached"
+    assert states["embed-TA"] == "Cached"
+    assert states["train-gcn-TA-s0"] == "Completed"
+    assert len(list((lake / "cora" / "train").iterdir())) == 4  # 2 features x 2 GNN configs

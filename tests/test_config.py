@@ -1,0 +1,43 @@
+"""Config models: defaults, validation, and the Prefect parameter form they produce."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from tag_pipeline.config import DatasetConfig, GNNConfig, PipelineConfig
+
+
+def test_defaults_are_tape_cora():
+    cfg = PipelineConfig()
+    assert cfg.dataset.name == "cora"
+    assert cfg.features == ["TA", "E", "P"] and cfg.seeds == [0, 1, 2, 3]
+    assert cfg.llm.top_k == 5 and cfg.gnn.epochs == 200
+
+
+@pytest.mark.parametrize("bad", [{"features": []}, {"seeds": [0, 0]}, {"features": ["X"]}, {"nope": 1}])
+def test_invalid_pipeline_config(bad):
+    with pytest.raises(ValidationError):
+        PipelineConfig(**bad)
+
+
+def test_configs_are_frozen():
+    with pytest.raises(ValidationError):
+        GNNConfig().hidden = 3
+
+
+def test_subset_lower_bound():
+    with pytest.raises(ValidationError, match="subset"):
+        DatasetConfig(subset=2)
+
+
+def test_flow_parameter_schema_documents_every_field():
+    from flows.tag import tag
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(tag.fn).model_dump()
+    props = schema["properties"]
+    assert set(props) == set(PipelineConfig.model_fields)
+    gnn = schema["definitions"]["GNNConfig"]["properties"]
+    assert all(gnn[name].get("description") for name in GNNConfig.model_fields)
+    assert gnn["dropout"]["default"] == GNNConfig().dropout
