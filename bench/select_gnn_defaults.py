@@ -5,7 +5,7 @@ grid, forms h_TAPE per (model, seed) and ranks the configurations by the mean va
 accuracy of h_TAPE over models and seeds. Test accuracy is printed for the record only.
 Needs the graph, LLM and feature artifacts of a Cora run in the lake (run `tag` first).
 
-    python bench/select_gnn_defaults.py [--lake data/lake] [--epochs 200]
+    python bench/select_gnn_defaults.py [--lake data/lake] [--epochs 200] [--patience 50]
 
 The last line is one JSON object: the chosen configuration and its validation accuracy.
 """
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--lake", type=Path, default=Path("data/lake"))
     parser.add_argument("--root", type=Path, default=Path("../shared/data"))
     parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--patience", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -52,7 +53,7 @@ def main() -> None:
     y, ei = torch.from_numpy(graph.labels), torch.from_numpy(graph.edge_index)
 
     grid = [
-        GNNConfig(num_layers=L, hidden=128, dropout=d, weight_decay=wd, epochs=args.epochs, patience=args.epochs)
+        GNNConfig(num_layers=L, hidden=128, dropout=d, weight_decay=wd, epochs=args.epochs, patience=args.patience)
         for L, d, wd in itertools.product((2, 3, 4), (0.0, 0.5), (0.0, 5e-4))
     ]
     results = []

@@ -124,7 +124,7 @@ def read_artifact(path: Path | str, verify: bool = True) -> Artifact:
 def find_artifact(path: Path | str) -> Artifact | None:
     """The committed artifact at ``path`` if it exists and verifies, else ``None``.
 
-    A corrupt artifact is moved aside (renamed ``<key>.corrupt-<time>``) so that it is
+    A corrupt artifact is moved aside (renamed ``<key>.corrupt-<time>-<random>``) so that it is
     rebuilt, never trusted and never silently deleted.
     """
     path = Path(path)
@@ -133,7 +133,7 @@ def find_artifact(path: Path | str) -> Artifact | None:
     try:
         return read_artifact(path)
     except CorruptArtifactError:
-        path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time())}"))
+        path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time())}-{uuid.uuid4().hex[:8]}"))
         return None
 
 
@@ -170,6 +170,9 @@ def write_artifact(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a lake may be shared
     try:
         yield tmp
         files = {

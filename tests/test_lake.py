@@ -185,12 +185,6 @@ def test_find_artifact_moves_corrupt_artifact_aside(tmp_path):
     assert find_artifact(path) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: find_artifact names the moved-aside copy '<key>.corrupt-<int(time.time())>'; "
-    "a second corrupt artifact at the same key within the same second collides with the first "
-    "copy, os.rename raises OSError (directory not empty) instead of returning None",
-)
 def test_find_artifact_twice_corrupt_in_same_second(tmp_path, monkeypatch):
     monkeypatch.setattr(lake.time, "time", lambda: 1_700_000_000.0)
     path = tmp_path / "ds" / "st" / "key"

@@ -19,23 +19,32 @@ from tag_pipeline.train import (
     train_node_classifier,
 )
 
-N, C, F = 60, 3, 8
+N, C, F = 150, 3, 8
 CFG = GNNConfig(num_layers=2, hidden=16, dropout=0.1, lr=0.05, weight_decay=0.0, epochs=60, patience=60)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread; avoids thread oversubscription on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _toy_graph(seed: int = 0):
-    """60 nodes, 3 classes; noisy class-centroid features; mostly intra-class edges."""
+    """150 nodes, 3 classes; noisy class-centroid features; mostly intra-class edges."""
     rng = np.random.default_rng(seed)
     y = np.arange(N) % C
-    centroids = rng.normal(0.0, 1.0, size=(C, F)) * 2.0
-    x = centroids[y] + rng.normal(0.0, 0.7, size=(N, F))
+    centroids = np.eye(C, F) * 3.0
+    x = centroids[y] + rng.normal(0.0, 0.6, size=(N, F))
     src, dst = [], []
     for i in range(N):
         same = np.flatnonzero((y == y[i]) & (np.arange(N) != i))
         for j in rng.choice(same, size=3, replace=False):
             src += [i, j]
             dst += [j, i]
-    for _ in range(6):  # a little heterophily
+    for _ in range(N // 10):  # a little heterophily
         i, j = rng.choice(N, size=2, replace=False)
         src += [i, j]
         dst += [j, i]
@@ -172,7 +181,7 @@ def test_predictions_frame_split_labels_on_tape_split(toy):
     logits = torch.randn(N, C)
     df = predictions_frame(logits, y, split)
     counts = dict(df.group_by("split").len().iter_rows())
-    assert counts == {"train": 36, "val": 12, "test": 12}
+    assert counts == {"train": 90, "val": 30, "test": 30}
     for part in ("train", "val", "test"):
         assert np.array_equal(df.filter(pl.col("split") == part)["node_id"].to_numpy(), split.part(part))
 

@@ -67,14 +67,17 @@ def encode_texts(
         show_progress: draw a tqdm progress bar.
 
     Returns:
-        ``[N, dim]`` float32 tensor (``dim`` = 384 for all-MiniLM-L6-v2), not normalised.
+        ``[N, dim]`` float32 tensor (``dim`` = 384 for all-MiniLM-L6-v2), as the model's own
+        pipeline leaves it (all-MiniLM-L6-v2 ends in a ``Normalize`` module: unit norm).
 
     Raises:
         OSError: the model cannot be found locally and no hub is reachable.
     """
+    encoder = load_encoder(model, device)
+    if len(texts) == 0:
+        return torch.empty(0, encoder.get_sentence_embedding_dimension(), dtype=torch.float32)
     clean = [t if t else "" for t in texts]
     unique, inverse = np.unique(np.array(clean, dtype=object), return_inverse=True)
-    encoder = load_encoder(model, device)
     encoder.max_seq_length = max_length
     emb = encoder.encode(
         list(unique),

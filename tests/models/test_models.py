@@ -20,6 +20,15 @@ EDGES = torch.tensor(
 OTHER_EDGES = torch.tensor([[5, 5, 5, 5, 5, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 5, 5, 5, 5]], dtype=torch.int64)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread; avoids thread oversubscription on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _x(seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(N, F, generator=g)

@@ -1,0 +1,154 @@
+"""Tests for tag_pipeline.report: metrics table, summary over seeds, markdown, lake artifact."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+
+from tag_pipeline import lake
+from tag_pipeline.report import (
+    METRICS_FILE,
+    REPORT_FILE,
+    accuracy_table,
+    materialize_report,
+    metrics_frame,
+    render_report,
+    summary_frame,
+)
+
+
+def _run(model, feature, seed, val, test):
+    return {
+        "model": model, "feature": feature, "seed": seed, "val_acc": val, "test_acc": test,
+        "path": f"lake/cora/train/{model}-{feature}-s{seed}-abc",
+    }
+
+
+RUNS = [
+    _run("gcn", "TA", 0, 0.7, 0.8),
+    _run("gcn", "TA", 1, 0.7, 0.9),
+    _run("gcn", "TA", 2, 0.7, 1.0),
+    _run("gcn", "TAPE", 0, 0.85, 0.88),
+    _run("mlp", "TA", 0, 0.6, 0.5),
+    _run("mlp", "TA", 1, 0.6, 0.7),
+]
+
+
+def _row(table: str, first_cell: str) -> str:
+    return next(line for line in table.splitlines() if line.startswith(f"| {first_cell} |"))
+
+
+def test_metrics_frame_schema_and_rows():
+    m = metrics_frame("cora", RUNS)
+    assert m.schema == pl.Schema(
+        {"dataset": pl.Utf8, "model": pl.Utf8, "feature": pl.Utf8, "seed": pl.Int64,
+         "split": pl.Utf8, "accuracy": pl.Float64}
+    )
+    assert m.height == 2 * len(RUNS)
+    assert set(m["dataset"]) == {"cora"}
+    assert set(m["split"]) == {"val", "test"}
+    assert m.group_by("model", "feature", "seed").len()["len"].to_list() == [2] * len(RUNS)
+    row = m.filter((pl.col("model") == "gcn") & (pl.col("feature") == "TA") & (pl.col("seed") == 2))
+    assert dict(zip(row["split"], row["accuracy"])) == {"val": 0.7, "test": 1.0}
+    # sorted by model, feature, seed, split
+    assert m.rows() == sorted(m.rows(), key=lambda r: (r[1], r[2], r[3], r[4]))
+
+
+def test_metrics_frame_coerces_types_and_handles_no_runs():
+    m = metrics_frame("toy", [{"model": "sage", "feature": "P", "seed": "3", "val_acc": 1, "test_acc": 0}])
+    assert m["seed"].to_list() == [3, 3] and m["seed"].dtype == pl.Int64
+    assert m["accuracy"].dtype == pl.Float64
+    empty = metrics_frame("toy", [])
+    assert empty.height == 0 and empty.columns == ["dataset", "model", "feature", "seed", "split", "accuracy"]
+
+
+def test_summary_frame_mean_and_sample_std_over_seeds():
+    s = summary_frame(metrics_frame("cora", RUNS))
+    assert s.columns == ["model", "feature", "split", "mean", "std", "seeds"]
+    got = {(r["model"], r["feature"], r["split"]): (r["mean"], r["std"], r["seeds"]) for r in s.iter_rows(named=True)}
+    assert len(got) == 6
+    mean, std, n = got[("gcn", "TA", "test")]
+    assert mean == pytest.approx(0.9) and std == pytest.approx(0.1) and n == 3  # ddof = 1
+    mean, std, n = got[("gcn", "TA", "val")]
+    assert mean == pytest.approx(0.7) and std == pytest.approx(0.0, abs=1e-12) and n == 3
+    mean, std, n = got[("mlp", "TA", "test")]
+    assert mean == pytest.approx(0.6) and std == pytest.approx(math.sqrt(0.02)) and n == 2
+    mean, std, n = got[("gcn", "TAPE", "test")]
+    assert mean == pytest.approx(0.88) and std == 0.0 and n == 1  # one seed: 0, not null
+
+
+def test_accuracy_table_test_split_on_cora():
+    table = accuracy_table(metrics_frame("cora", RUNS), "test", "cora")
+    lines = table.splitlines()
+    assert lines[0] == "| model | h_TA | h_TAPE | TAPE paper h_TAPE |"
+    assert lines[1] == "|---|---|---|---|"
+    assert len(lines) == 4  # header, rule, MLP, GCN (model order mlp, gcn, sage)
+    assert lines[2].startswith("| MLP |") and lines[3].startswith("| GCN |")
+    gcn = _row(table, "GCN")
+    assert "0.9000 ± 0.1000" in gcn and "0.8800 ± 0.0000" in gcn
+    assert gcn.endswith("| 0.9119 |")  # TAPE's published h_TAPE for GCN on cora
+    mlp = _row(table, "MLP")
+    assert "0.6000 ± 0.1414" in mlp and "–" in mlp and mlp.endswith("| 0.8778 |")
+    assert "±" in table
+
+
+def test_accuracy_table_val_split_and_unknown_dataset_have_no_paper_column():
+    val = accuracy_table(metrics_frame("cora", RUNS), "val", "cora")
+    assert "TAPE paper" not in val and "0.9119" not in val
+    assert "0.7000 ± 0.0000" in _row(val, "GCN")
+    other = accuracy_table(metrics_frame("toy", RUNS), "test", "toy")
+    assert "TAPE paper" not in other
+    assert other.splitlines()[0] == "| model | h_TA | h_TAPE |"
+
+
+def test_render_report_sections():
+    md = render_report(
+        "cora",
+        metrics_frame("cora", RUNS),
+        timings={"graph": 1.5, "train": 10.0},
+        paths={"graph": "lake/cora/graph/abc"},
+        llm_stats={"llm_top1_accuracy": 0.7, "tape_preds_agreement": {"top1_agreement": 0.99, "n_compared": 100},
+                   "n_failed": 2},
+        missing_features=["E"],
+    )
+    assert md.startswith("# TAPE on cora: node classification accuracy\n")
+    assert md.endswith("\n")
+    assert "seeds [0, 1, 2]" in md
+    assert md.count("| model | h_TA | h_TAPE |") == 2  # test and validation tables
+    assert "0.9119" in md
+    assert "LLM zero-shot top-1 accuracy (parsed answers): 0.7000 (TAPE: 0.6769)" in md
+    assert "0.9900 over 100 nodes" in md and "- n_failed: 2" in md
+    assert "Features not available for this dataset: E." in md
+    assert "| graph | 1.5 |" in md
+    assert "| train | 10.0 |" in md
+    assert "- graph: `lake/cora/graph/abc`" in md
+
+
+def test_materialize_report_commits_artifact(tmp_path):
+    path, md = materialize_report("cora", RUNS, {"train": 3.0}, {"graph": "g"}, tmp_path)
+    assert path.parent == tmp_path / "cora" / "report"
+    art = lake.read_artifact(path)
+    assert set(art.manifest["files"]) == {METRICS_FILE, REPORT_FILE}
+    assert art.manifest["stage"] == "report" and art.manifest["rows"] == 2 * len(RUNS)
+    assert len(art.manifest["inputs"]) == len(RUNS)
+    assert (path / REPORT_FILE).read_text() == md
+    assert f"- report: `{path}`" in md
+    assert pl.read_parquet(path / METRICS_FILE).equals(metrics_frame("cora", RUNS))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no .tmp-* left
+
+
+def test_materialize_report_is_idempotent_for_the_same_runs(tmp_path):
+    path1, md1 = materialize_report("cora", RUNS, {"train": 3.0}, {}, tmp_path)
+    created = lake.read_artifact(path1).manifest["created_unix"]
+    # a later (cached) run: same runs in another order, other timings
+    path2, md2 = materialize_report("cora", list(reversed(RUNS)), {"train": 0.1}, {}, tmp_path)
+    assert path2 == path1
+    assert (path1 / REPORT_FILE).read_text() == md1  # not rewritten
+    assert lake.read_artifact(path1).manifest["created_unix"] == created
+    assert "| train | 0.1 |" in md2  # the returned markdown is this run's
+    assert len(list(path1.parent.iterdir())) == 1
+    # other runs: another key
+    path3, _ = materialize_report("cora", RUNS[:2], {}, {}, tmp_path)
+    assert path3 != path1 and lake.read_artifact(path3).manifest["rows"] == 4
