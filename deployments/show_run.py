@@ -12,12 +12,16 @@ import argparse
 import sys
 
 from prefect.client.orchestration import get_client
+from collections import Counter
+
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterType,
     DeploymentFilter,
     DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
 )
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_UI_URL
@@ -43,12 +47,15 @@ def main() -> int:
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), type=ArtifactFilterType(any_=["markdown"])
             )
         )
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     print()
     for artifact in artifacts:
         print(artifact.data)
     ui = PREFECT_UI_URL.value() or "http://127.0.0.1:4200"
     state = run.state.name if run.state else "unknown"
     print(f"Flow run {run.name} ({run.id}): {state}, {run.total_run_time.total_seconds():.1f} s")
+    states = Counter(t.state.name if t.state else "unknown" for t in task_runs)
+    print(f"Task runs: {len(task_runs)} ({', '.join(f'{n} {k}' for k, n in sorted(states.items()))})")
     print(f"Prefect UI: {ui}")
     print(f"This flow run: {ui}/runs/flow-run/{run.id}")
     return 0 if run.state and run.state.is_completed() else 1
