@@ -20,6 +20,7 @@ from tag_pipeline.config import (
     LMConfig,
     ModelName,
     PipelineConfig,
+    Stage,
 )
 from tasks.data import load_graph
 from tasks.features import build_prediction_feature, embed_text
@@ -47,24 +48,41 @@ def tag(
     gnn: GNNConfig = GNNConfig(),
     ensemble: Literal["logits", "probs"] = "logits",
     lake: str = "data/lake",
+    stop_after: Stage = "report",
 ) -> dict:
     """Reproduce TAPE on one dataset: train a GNN per feature and seed, ensemble, report.
 
-    Returns the report's lake paths and the markdown text.
+    ``stop_after`` ends the run after one stage (the ``tag/llm`` deployment: ``"llm"``); the
+    run still ends with a markdown summary. Returns the report's lake paths and markdown.
     """
     cfg = PipelineConfig(
         dataset=dataset, features=features, models=models, seeds=seeds, llm=llm, lm=lm, gnn=gnn,
-        ensemble=ensemble, lake=lake,
+        ensemble=ensemble, lake=lake, stop_after=stop_after,
     )
     lake_root = str(cfg.lake)
     timings: dict[str, float] = {}
+    paths: dict[str, str] = {}
+
+    def finish(runs: list[dict]) -> dict:
+        out = report(
+            cfg.dataset.name, runs, {k: round(v, 2) for k, v in timings.items()}, paths, responses, [],
+            lake_root, cfg.stop_after,
+        )
+        print(out["markdown"])
+        return out
 
     with _timed(timings, "graph"):
         graph = load_graph(cfg.dataset, cfg.seeds, lake_root)
+    paths["graph"] = graph
     responses = None
-    if {"E", "P"} & set(cfg.features):
+    if cfg.stop_after == "graph":
+        return finish([])
+    if {"E", "P"} & set(cfg.features) or cfg.stop_after == "llm":
         with _timed(timings, "llm"):
             responses = query_llm(graph, cfg.dataset, cfg.llm, lake_root)
+        paths["llm responses"] = responses
+    if cfg.stop_after == "llm":
+        return finish([])
 
     feature_paths: dict[str, str] = {}
     with _timed(timings, "features"):
@@ -73,6 +91,9 @@ def tag(
                 feature_paths[feature] = build_prediction_feature(graph, responses, cfg.llm.top_k, lake_root)
             else:
                 feature_paths[feature] = embed_text(graph, responses, feature, cfg.lm, lake_root)
+            paths[f"features {feature}"] = feature_paths[feature]
+    if cfg.stop_after == "features":
+        return finish([])
 
     total = len(cfg.models) * len(cfg.seeds) * len(cfg.features)
     progress = create_progress_artifact(progress=0.0, description=f"GNN training runs ({total})")
@@ -87,17 +108,11 @@ def tag(
                     done += 1
                     update_progress_artifact(progress, progress=100.0 * done / total)
 
-    ensembles = []
-    with _timed(timings, "ensemble"):
-        if len(cfg.features) > 1:
-            for (model, seed), members in runs.items():
-                ensembles.append(ensemble_task(graph, members, model, seed, cfg.ensemble, lake_root))
-
-    all_runs = [r for members in runs.values() for r in members] + ensembles
-    paths = {"graph": graph, **({"llm responses": responses} if responses else {}),
-             **{f"features {f}": p for f, p in feature_paths.items()}}
     paths["training runs"] = str(cfg.lake / cfg.dataset.name / "train")
-    timings_rounded = {k: round(v, 2) for k, v in timings.items()}
-    out = report(cfg.dataset.name, all_runs, timings_rounded, paths, responses, [], lake_root)
-    print(out["markdown"])
-    return out
+    ensembles = []
+    if cfg.stop_after != "train":
+        with _timed(timings, "ensemble"):
+            if len(cfg.features) > 1:
+                for (model, seed), members in runs.items():
+                    ensembles.append(ensemble_task(graph, members, model, seed, cfg.ensemble, lake_root))
+    return finish([r for members in runs.values() for r in members] + ensembles)

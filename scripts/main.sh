@@ -29,8 +29,14 @@ except Exception:
 PY
 }
 
+server_pid="$(cat "$PREFECT_HOME/server.pid" 2>/dev/null || true)"
 if healthy; then
-  echo "[main] Prefect server already running at $PREFECT_API_URL"
+  if [ -z "$server_pid" ] || ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "[main] 127.0.0.1:$TAG_PREFECT_PORT answers, but not with this checkout's server" >&2
+    echo "[main] (another project's?). Stop it, or choose a port: TAG_PREFECT_PORT=4300 $0" >&2
+    exit 1
+  fi
+  echo "[main] Prefect server already running at $PREFECT_API_URL (pid $server_pid)"
 else
   echo "[main] starting Prefect server on 127.0.0.1:$TAG_PREFECT_PORT (log: $LOG_DIR/server.log)"
   nohup prefect server start --host 127.0.0.1 --port "$TAG_PREFECT_PORT" --analytics-off \

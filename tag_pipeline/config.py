@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Feature = Literal["TA", "E", "P"]
 ModelName = Literal["mlp", "gcn", "sage"]
+Stage = Literal["graph", "llm", "features", "train", "report"]
 FEATURES: tuple[str, ...] = ("TA", "E", "P")
 MODELS: tuple[str, ...] = ("mlp", "gcn", "sage")
 
@@ -105,6 +106,13 @@ class GNNConfig(_Config):
     weight_decay: float = Field(5e-4, ge=0, description="Adam weight decay (L2).")
     epochs: int = Field(200, ge=1, description="Maximum epochs (TAPE: 200).")
     patience: int = Field(50, ge=1, description="Stop after this many epochs without a better validation accuracy.")
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch CPU threads while training (None = torch's default). Full-batch steps on "
+        "Cora-size graphs are too small to gain from more, and threads that wait on each other "
+        "slow down badly when the CPU is shared. Not part of the lineage key.",
+    )
 
 
 class PipelineConfig(_Config):
@@ -124,6 +132,11 @@ class PipelineConfig(_Config):
         "logits", description="h_TAPE averages the feature models' logits (TAPE) or their softmax probabilities."
     )
     lake: Path = Field(Path("data/lake"), description="Root of the data lake.")
+    stop_after: Stage = Field(
+        "report",
+        description="Last stage to run: graph, llm, features, train or report (the whole pipeline). "
+        "Earlier stops still end with a markdown summary; deployments of single stages use it.",
+    )
 
     @field_validator("features", "models", "seeds")
     @classmethod

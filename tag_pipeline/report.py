@@ -84,26 +84,9 @@ def accuracy_table(metrics: pl.DataFrame, split: str, dataset: str) -> str:
     return "\n".join(lines)
 
 
-def render_report(
-    dataset: str,
-    metrics: pl.DataFrame,
-    timings: Mapping[str, float],
-    paths: Mapping[str, str],
-    llm_stats: Mapping | None = None,
-    missing_features: Sequence[str] = (),
-) -> str:
-    """The markdown report of one flow run.
-
-    Args:
-        dataset: dataset name.
-        metrics: :func:`metrics_frame` output.
-        timings: ``{stage: seconds}`` wall time of each stage in this run.
-        paths: ``{what: lake path}`` to list.
-        llm_stats: the LLM stage's statistics (zero-shot accuracy, agreement).
-        missing_features: features the dataset lacks (reported, not trained).
-    """
+def _accuracy_section(dataset: str, metrics: pl.DataFrame) -> list[str]:
     seeds = sorted(metrics["seed"].unique().to_list())
-    out = [
+    return [
         f"# TAPE on {dataset}: node classification accuracy",
         "",
         f"Test accuracy, mean ± std over seeds {seeds} (best epoch by validation accuracy). "
@@ -117,26 +100,55 @@ def render_report(
         accuracy_table(metrics, "val", dataset),
         "",
     ]
+
+
+def _llm_section(dataset: str, llm_stats: Mapping) -> list[str]:
+    out = ["## LLM stage", ""]
+    if "llm_top1_accuracy" in llm_stats:
+        zs = TAPE_PUBLISHED.get(dataset, {}).get("llm")
+        out.append(
+            f"- LLM zero-shot top-1 accuracy (parsed answers): {llm_stats['llm_top1_accuracy']:.4f}"
+            + (f" (TAPE: {zs:.4f})" if zs else "")
+        )
+    agreement = llm_stats.get("tape_preds_agreement")
+    if agreement:
+        out.append(
+            f"- Top-1 agreement of our parser with TAPE's gpt_preds: {agreement['top1_agreement']:.4f} "
+            f"over {agreement['n_compared']} nodes"
+        )
+    out += [f"- {k}: {llm_stats[k]}" for k in ("n_failed", "n_no_label") if k in llm_stats]
+    return out + [""]
+
+
+def render_report(
+    dataset: str,
+    metrics: pl.DataFrame,
+    timings: Mapping[str, float],
+    paths: Mapping[str, str],
+    llm_stats: Mapping | None = None,
+    missing_features: Sequence[str] = (),
+    stop_after: str = "report",
+) -> str:
+    """The markdown report of one flow run.
+
+    Args:
+        dataset: dataset name.
+        metrics: :func:`metrics_frame` output (empty when no GNN was trained).
+        timings: ``{stage: seconds}`` wall time of each stage in this run.
+        paths: ``{what: lake path}`` to list.
+        llm_stats: the LLM stage's statistics (zero-shot accuracy, agreement).
+        missing_features: features the dataset lacks (reported, not trained).
+        stop_after: the last stage the run was asked to run.
+    """
+    if metrics.is_empty():
+        out = [f"# TAPE on {dataset}: stopped after the {stop_after} stage", "",
+               "No GNN was trained in this run, so there is no accuracy table.", ""]
+    else:
+        out = _accuracy_section(dataset, metrics)
     if missing_features:
         out += [f"Features not available for this dataset: {', '.join(missing_features)}.", ""]
     if llm_stats:
-        out += ["## LLM stage", ""]
-        if "llm_top1_accuracy" in llm_stats:
-            zs = TAPE_PUBLISHED.get(dataset, {}).get("llm")
-            out.append(
-                f"- LLM zero-shot top-1 accuracy (parsed answers): {llm_stats['llm_top1_accuracy']:.4f}"
-                + (f" (TAPE: {zs:.4f})" if zs else "")
-            )
-        agreement = llm_stats.get("tape_preds_agreement")
-        if agreement:
-            out.append(
-                f"- Top-1 agreement of our parser with TAPE's gpt_preds: {agreement['top1_agreement']:.4f} "
-                f"over {agreement['n_compared']} nodes"
-            )
-        for k in ("n_failed", "n_no_label"):
-            if k in llm_stats:
-                out.append(f"- {k}: {llm_stats[k]}")
-        out.append("")
+        out += _llm_section(dataset, llm_stats)
     out += ["## Wall time per stage (this run; cache hits are near zero)", "", "| stage | seconds |", "|---|---|"]
     out += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     out += ["", "## Where the files are", ""]
@@ -152,20 +164,21 @@ def materialize_report(
     lake_root: Path,
     llm_stats: Mapping | None = None,
     missing_features: Sequence[str] = (),
+    stop_after: str = "report",
 ) -> tuple[Path, str]:
     """Write ``metrics.parquet`` and ``report.md`` to ``<lake>/<dataset>/report/<key>``.
 
-    The key hashes the runs' artifact paths, so the same results map to the same report;
+    The key hashes the runs' and inputs' artifact paths, so the same results map to the same report;
     timings of a later (cached) run do not rewrite it.
 
     Returns:
         (artifact directory, markdown text).
     """
-    key = lake.config_hash(REPORT_STAGE_VERSION, sorted(str(r["path"]) for r in runs))
+    key = lake.config_hash(REPORT_STAGE_VERSION, sorted(str(r["path"]) for r in runs), sorted(paths.values()))
     path = lake.artifact_dir(lake_root, dataset, "report", key)
     metrics = metrics_frame(dataset, runs)
     markdown = render_report(
-        dataset, metrics, timings, {**paths, "report": str(path)}, llm_stats, missing_features
+        dataset, metrics, timings, {**paths, "report": str(path)}, llm_stats, missing_features, stop_after
     )
     if lake.find_artifact(path) is None:
         with lake.write_artifact(

@@ -80,6 +80,16 @@ def train_node_classifier(
     Returns:
         :class:`TrainResult` at the epoch of best validation accuracy.
     """
+    previous_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(model_name, x, edge_index, y, split, cfg, seed, num_classes, topk, show_progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(model_name, x, edge_index, y, split, cfg, seed, num_classes, topk, show_progress) -> TrainResult:
     torch.manual_seed(seed)
     model = build_model(
         model_name,
@@ -198,7 +208,9 @@ def materialize_training_run(
     from tag_pipeline.features.store import read_feature
 
     graph_path, feature_path = Path(graph_path), Path(feature_path)
-    key = lake.config_hash(TRAIN_STAGE_VERSION, graph_path.name, feature_path.name, model_name, seed, cfg)
+    key = lake.config_hash(
+        TRAIN_STAGE_VERSION, graph_path.name, feature_path.name, model_name, seed, cfg.model_dump(exclude={"threads"})
+    )
     path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "train", f"{model_name}-{feature}-s{seed}-{key}")
     if lake.find_artifact(path) is not None:
         return run_summary(path)

@@ -19,11 +19,13 @@ def report(
     responses: str | None,
     missing_features: list[str],
     lake: str,
+    stop_after: str = "report",
 ) -> dict:
     """Write metrics.parquet and report.md; publish the report as a markdown artifact."""
     stats = read_artifact(responses, verify=False).manifest.get("stats") if responses else None
     path, markdown = materialize_report(
-        dataset, runs, timings, paths, Path(lake), llm_stats=stats, missing_features=missing_features
+        dataset, runs, timings, paths, Path(lake), llm_stats=stats, missing_features=missing_features,
+        stop_after=stop_after,
     )
     create_markdown_artifact(
         markdown=markdown, key=f"tag-report-{dataset}".lower().replace("_", "-"),

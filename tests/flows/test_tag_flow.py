@@ -100,3 +100,20 @@ def test_gnn_change_reuses_graph_llm_and_features(prefect_harness, shared_data, 
     assert states["embed-TA"] == "Cached"
     assert states["train-gcn-TA-s0"] == "Completed"
     assert len(list((lake / "cora" / "train").iterdir())) == 4  # 2 features x 2 GNN configs
+
+
+def test_stop_after_llm_runs_only_graph_and_llm(prefect_harness, shared_data, tmp_path):
+    from flows.tag import tag
+
+    lake = tmp_path / "lake"
+    state = tag(dataset=DatasetConfig(root=shared_data, subset=50), seeds=[0], lake=str(lake),
+                stop_after="llm", return_state=True)
+    assert state.is_completed()
+    out = state.result()
+    assert "stopped after the llm stage" in out["markdown"]
+    assert sorted(p.name for p in (lake / "cora").iterdir()) == ["graph", "llm", "report"]
+    names = set(_task_states(state.state_details.flow_run_id))
+    assert names == {"load-graph-cora", "query-llm-replay", "report"} or (
+        {n.split("-")[0] for n in names} == {"load", "query", "report"}
+    )
+    assert pl.read_parquet(out["metrics"]).is_empty()
