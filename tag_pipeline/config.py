@@ -94,16 +94,22 @@ class LMConfig(_Config):
 class GNNConfig(_Config):
     """Node classifiers trained per feature and seed (full-batch, transductive).
 
-    Defaults chosen on mean validation accuracy of h_TAPE over seeds 0-3 on Cora with frozen
-    MiniLM features (``bench/select_gnn_defaults.py``); TAPE's own defaults (4 layers, hidden
-    128, dropout 0, no weight decay) were tuned for fine-tuned DeBERTa features.
+    Defaults chosen on validation accuracy of h_TAPE (mean over seeds 0-3) on Cora with
+    frozen MiniLM features, per model, from a grid of 2-3 layers x dropout {0, 0.5} x weight
+    decay {0, 5e-4} at hidden 128 (``bench/select_gnn_defaults.py``): GCN 2 layers, SAGE and
+    MLP 3 layers, all with dropout 0.5 and no weight decay. TAPE's own defaults (4 layers,
+    hidden 128, dropout 0, no weight decay) were tuned for fine-tuned DeBERTa features.
     """
 
-    num_layers: int = Field(2, ge=1, description="Message-passing (or MLP) layers.")
+    num_layers: int | dict[ModelName, int] = Field(
+        {"mlp": 3, "gcn": 2, "sage": 3},
+        description="Message-passing (or MLP) layers: one number for every model, or one per model "
+        "({'gcn': 2, ...}; a model left out gets 2).",
+    )
     hidden: int = Field(128, ge=1, description="Hidden channels; also the P embedding size (TAPE).")
     dropout: float = Field(0.5, ge=0, lt=1, description="Dropout between layers.")
     lr: float = Field(0.01, gt=0, description="Adam learning rate.")
-    weight_decay: float = Field(5e-4, ge=0, description="Adam weight decay (L2).")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay (L2).")
     epochs: int = Field(200, ge=1, description="Maximum epochs (TAPE: 200).")
     patience: int = Field(50, ge=1, description="Stop after this many epochs without a better validation accuracy.")
     threads: int | None = Field(
@@ -113,6 +119,20 @@ class GNNConfig(_Config):
         "Cora-size graphs are too small to gain from more, and threads that wait on each other "
         "slow down badly when the CPU is shared. Not part of the lineage key.",
     )
+
+    @field_validator("num_layers")
+    @classmethod
+    def _positive_layers(cls, v: int | dict) -> int | dict:
+        values = v.values() if isinstance(v, dict) else [v]
+        if any(n < 1 for n in values):
+            raise ValueError(f"num_layers must be >= 1, got {v}")
+        return v
+
+    def layers_for(self, model: str) -> int:
+        """Number of layers of ``model`` (``num_layers`` itself, or its entry for the model)."""
+        if isinstance(self.num_layers, int):
+            return self.num_layers
+        return self.num_layers.get(model, 2)
 
 
 class PipelineConfig(_Config):

@@ -96,7 +96,7 @@ def _train(model_name, x, edge_index, y, split, cfg, seed, num_classes, topk, sh
         x.shape[1],
         num_classes,
         hidden=cfg.hidden,
-        num_layers=cfg.num_layers,
+        num_layers=cfg.layers_for(model_name),
         dropout=cfg.dropout,
         topk=topk,
     )

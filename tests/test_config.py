@@ -41,3 +41,14 @@ def test_flow_parameter_schema_documents_every_field():
     gnn = schema["definitions"]["GNNConfig"]["properties"]
     assert all(gnn[name].get("description") for name in GNNConfig.model_fields)
     assert gnn["dropout"]["default"] == GNNConfig().dropout
+
+
+def test_num_layers_per_model_or_shared():
+    per_model = GNNConfig()
+    assert per_model.layers_for("gcn") == 2 and per_model.layers_for("sage") == 3
+    assert GNNConfig(num_layers=4).layers_for("sage") == 4
+    assert GNNConfig(num_layers={"gcn": 5}).layers_for("mlp") == 2
+    with pytest.raises(ValidationError, match="num_layers"):
+        GNNConfig(num_layers={"gcn": 0})
+    with pytest.raises(ValidationError):
+        GNNConfig(num_layers={"gat": 2})
