@@ -46,10 +46,13 @@ else
   healthy || { echo "[main] server did not become healthy; see $LOG_DIR/server.log" >&2; tail -20 "$LOG_DIR/server.log" >&2; exit 1; }
 fi
 
-if ! prefect work-pool inspect "$TAG_WORK_POOL" > /dev/null 2>&1; then
-  prefect work-pool create "$TAG_WORK_POOL" --type process > /dev/null
-  echo "[main] created process work pool $TAG_WORK_POOL"
-fi
+# tag-local runs here; tag-gpu waits for a worker on a GPU machine (deployment tag/llm-vllm).
+for pool in "$TAG_WORK_POOL" tag-gpu; do
+  if ! prefect work-pool inspect "$pool" > /dev/null 2>&1; then
+    prefect work-pool create "$pool" --type process > /dev/null
+    echo "[main] created process work pool $pool"
+  fi
+done
 
 echo "[main] deploying prefect.yaml"
 prefect --no-prompt deploy --all > "$LOG_DIR/deploy.log" 2>&1 || { cat "$LOG_DIR/deploy.log" >&2; exit 1; }

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tag_pipeline.llm.config import OfflineLLMConfig, OnlineLLMConfig
 
 Feature = Literal["TA", "E", "P"]
 ModelName = Literal["mlp", "gcn", "sage"]
@@ -54,13 +56,18 @@ class DatasetConfig(_Config):
 
 
 class LLMConfig(_Config):
-    """The LLM stage: where each node's ranked labels and explanation come from."""
+    """The LLM stage: where each node's ranked labels and explanation come from.
 
-    backend: Literal["replay"] = Field(
+    ``replay`` imports TAPE's recorded GPT-3.5 answers; ``online`` asks a chat-completions
+    API through litellm + instructor (rate limits, retries, budget, persistent cache);
+    ``offline`` generates with vLLM on a GPU worker. All three fill the same response store.
+    """
+
+    backend: Literal["replay", "online", "offline"] = Field(
         "replay",
-        description="'replay' imports TAPE's recorded GPT-3.5 answers (gpt_responses/, gpt_preds/).",
+        description="'replay' (TAPE's recorded answers), 'online' (litellm) or 'offline' (vLLM, GPU).",
     )
-    model: str = Field("gpt-3.5-turbo-0301", description="Model that produced the answers.")
+    model: str = Field("gpt-3.5-turbo-0301", description="Replay: the model that produced the answers.")
     responses_dir: Path | None = Field(
         None,
         description="Replay: folder of <node>.json chat completions. None = TAPE's "
@@ -72,6 +79,14 @@ class LLMConfig(_Config):
         "<root>/cora/gpt_preds/cora.csv for cora.",
     )
     top_k: int = Field(5, ge=1, description="k of the P feature: top-k ranked labels (TAPE: 5).")
+    online: OnlineLLMConfig = Field(OnlineLLMConfig(), description="Online backend (litellm).")
+    offline: OfflineLLMConfig | None = Field(None, description="Offline backend (vLLM); needs model_path.")
+
+    @model_validator(mode="after")
+    def _offline_needs_model(self) -> "LLMConfig":
+        if self.backend == "offline" and self.offline is None:
+            raise ValueError("llm.backend='offline' needs llm.offline (at least model_path)")
+        return self
 
 
 class LMConfig(_Config):
@@ -84,9 +99,11 @@ class LMConfig(_Config):
     )
     max_length: int = Field(256, ge=8, description="Maximum tokens per text (MiniLM's limit: 256).")
     batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
-    e_text: Literal["raw", "explanation"] = Field(
-        "raw",
-        description="Text of the E feature: the LLM's whole answer (TAPE) or the explanation only.",
+    e_text: Literal["auto", "raw", "explanation"] = Field(
+        "auto",
+        description="Text of the E feature: 'raw' = the LLM's whole answer (TAPE), 'explanation' = "
+        "the explanation only, 'auto' = raw for replayed free-text answers and the explanation "
+        "for structured (online/offline) answers, whose raw text is JSON.",
     )
     device: str = Field("cpu", description="torch device for encoding.")
 

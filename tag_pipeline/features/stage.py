@@ -19,11 +19,12 @@ def _dataset_of(graph_path: Path) -> str:
     return graph_path.parents[1].name
 
 
-def feature_texts(graph_path: Path, responses_path: Path | None, feature: str, e_text: str = "raw") -> list[str]:
+def feature_texts(graph_path: Path, responses_path: Path | None, feature: str, e_text: str = "auto") -> list[str]:
     """The text of every node for feature ``TA`` (title + abstract) or ``E`` (LLM answer).
 
     For E, a failed or missing answer yields the empty string. ``e_text`` = ``"raw"`` embeds
-    the whole answer as TAPE does; ``"explanation"`` only the part after the label list.
+    the whole answer as TAPE does; ``"explanation"`` only the explanation; ``"auto"`` the
+    whole answer where it was replayed prose and the explanation where it is structured JSON.
 
     Raises:
         ValueError: TA on a dataset without text, E without responses, or another feature.
@@ -39,8 +40,10 @@ def feature_texts(graph_path: Path, responses_path: Path | None, feature: str, e
         from tag_pipeline.llm.stage import RESPONSES_FILE
 
         df = pl.read_parquet(responses_path / RESPONSES_FILE).sort("node_id")
-        column = "raw_text" if e_text == "raw" else "explanation"
-        by_node = dict(zip(df["node_id"].to_list(), df[column].to_list()))
+        replayed = df["source"].str.starts_with("replay:")
+        use_raw = replayed if e_text == "auto" else pl.Series([e_text == "raw"] * df.height)
+        text = [r if raw else e for r, e, raw in zip(df["raw_text"], df["explanation"], use_raw)]
+        by_node = dict(zip(df["node_id"].to_list(), text))
         return [by_node.get(i) or "" for i in range(graph.num_nodes)]
     raise ValueError(f"feature {feature!r} is not a text feature (TA or E)")
 

@@ -44,8 +44,12 @@ class OnlineLLMConfig(_Config):
         "OpenAI, vLLM, Ollama) or 'json' (JSON-object response format with the schema in the "
         "prompt, for servers without tool calling).",
     )
-    template_version: str = Field("v1", description="Prompt template version (templates/<dataset>.<v>.j2).")
-    top_k: int = Field(5, ge=1, description="Most classes an answer may rank (TAPE's P uses the top 5).")
+    template_version: str = Field(
+        "v1", description="Prompt template version (templates/<dataset>.<v>.j2)."
+    )
+    top_k: int = Field(
+        5, ge=1, description="Most classes an answer may rank (TAPE's P uses the top 5)."
+    )
     temperature: float = Field(
         0.0, ge=0, le=2, description="Sampling temperature; 0 for repeatable, cacheable answers."
     )
@@ -56,13 +60,25 @@ class OnlineLLMConfig(_Config):
         "tokens of prose; the JSON wrapper adds a few).",
     )
     rpm: float = Field(
-        500.0, gt=0, description="Client-side limit in requests/min (OpenAI usage tier 1: 500)."
+        500.0,
+        gt=0,
+        description="Client-side limit in requests/min; at or below the provider's limit for "
+        "the model and account.",
     )
     tpm: float | None = Field(
         None,
         gt=0,
-        description="Client-side limit in tokens/min (estimated prompt tokens + max_output_tokens "
-        "per request, as OpenAI counts them); None = no token limit.",
+        description="Client-side limit in tokens/min, each request counted as its estimated "
+        "prompt tokens (characters / 4) plus max_output_tokens; None = no token limit.",
+    )
+    burst_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Size of the client's token buckets in seconds of the rate: after a stall the "
+        "client may send up to rpm*burst_s/60 requests at once to catch up (at least 1), so any "
+        "T-second window holds at most rpm*T/60 plus that many requests. Keep it small: providers "
+        "may enforce their per-minute limits over shorter periods.",
     )
     max_concurrency: int = Field(
         32, ge=1, description="Requests in flight at most (rpm/60 x latency in seconds is enough)."
@@ -74,7 +90,9 @@ class OnlineLLMConfig(_Config):
         description="HTTP attempts per request on 429, 5xx, timeouts and connection errors "
         "(first try included), with exponential backoff and jitter that honours Retry-After.",
     )
-    backoff_base_s: float = Field(1.0, gt=0, description="First backoff ceiling, seconds (doubles per retry).")
+    backoff_base_s: float = Field(
+        1.0, gt=0, description="First backoff ceiling, seconds (doubles per retry)."
+    )
     backoff_max_s: float = Field(60.0, gt=0, description="Longest backoff, seconds.")
     max_reasks: int = Field(
         2,
@@ -86,7 +104,9 @@ class OnlineLLMConfig(_Config):
         None, ge=1, description="Budget: HTTP requests at most per run (None = no limit)."
     )
     max_total_tokens: int | None = Field(
-        None, ge=1, description="Budget: prompt + completion tokens at most per run (None = no limit)."
+        None,
+        ge=1,
+        description="Budget: prompt + completion tokens at most per run (None = no limit).",
     )
     cache_dir: Path = Field(
         Path("data/llm_cache"),
@@ -118,14 +138,18 @@ class OfflineLLMConfig(_Config):
     template_version: str = Field("v1", description="Prompt template version.")
     top_k: int = Field(5, ge=1, description="Most classes an answer may rank.")
     batch_size: int = Field(
-        256, ge=1, description="Prompts handed to vLLM per generate call (also the cache write unit)."
+        256,
+        ge=1,
+        description="Prompts handed to vLLM per generate call (also the cache write unit).",
     )
     max_tokens: int = Field(512, ge=16, description="Completion token limit per answer.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int = Field(0, description="Sampling seed.")
     max_reasks: int = Field(
-        1, ge=0, description="Re-generation rounds for answers that fail validation, with the error."
+        1,
+        ge=0,
+        description="Re-generation rounds for answers that fail validation, with the error.",
     )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may take."
@@ -136,4 +160,6 @@ class OfflineLLMConfig(_Config):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model.")
     dtype: str = Field("auto", description="Weights dtype ('auto', 'bfloat16', 'float16').")
     cache_dir: Path = Field(Path("data/llm_cache"), description="Persistent answer cache.")
-    reask_failed: bool = Field(False, description="Generate again nodes whose cached answer failed.")
+    reask_failed: bool = Field(
+        False, description="Generate again nodes whose cached answer failed."
+    )

@@ -7,10 +7,15 @@ class indices, comma-separated, most likely first). Replaying the answers lets t
 run TAPE end to end without an LLM; comparing our parse (:mod:`tag_pipeline.llm.parse`) with
 the csv and with the labels checks parser and node order at once (TAPE, arXiv 2305.19523,
 Table 2: zero-shot GPT-3.5 accuracy 0.6769 on Cora).
+
+ogbn-arxiv's answers come packed in one Parquet file (:func:`import_tape_responses_parquet`);
+PubMed and arxiv_2023 have only the csv, which :func:`responses_from_tape_preds` turns into a
+response table without explanations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -25,7 +30,7 @@ from tag_pipeline.llm.store import ResponseError, ranked_matrix, responses_from_
 
 
 def _completion_record(
-    obj: Any, path: Path, class_names: Sequence[str], source: str
+    obj: Any, path: Path | str, class_names: Sequence[str], source: str
 ) -> dict[str, Any]:
     """One response row from a parsed chat-completion object (see :func:`import_tape_responses`)."""
     if not isinstance(obj, dict):
@@ -124,6 +129,13 @@ def import_tape_responses(
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ResponseError(f"{path}: malformed JSON ({e})") from e
         records.append({"node_id": i, **_completion_record(obj, path, class_names, source)})
+    return _finish_records(records, model, prompt_version)
+
+
+def _finish_records(
+    records: list[dict[str, Any]], model: str | None, prompt_version: str | None
+) -> pl.DataFrame:
+    """Fill ``model`` (given, else the most common one read) and ``prompt_version``; build."""
     if model is None:
         seen = Counter(r["model"] for r in records if r.get("model"))
         model = seen.most_common(1)[0][0] if seen else "unknown"
@@ -132,6 +144,100 @@ def import_tape_responses(
             r["model"] = model
         r["prompt_version"] = prompt_version
     return responses_from_records(records)
+
+
+#: Columns of a packed response file (one row per original ``<i>.json`` file).
+PACKED_COLUMNS = ("node_id", "source_filename", "git_blob", "raw_json")
+
+
+def _git_blob_sha1(data: bytes) -> str:
+    """Git's object id of a file's bytes: ``sha1(b"blob <len>\\0" + data)`` in hex."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def import_tape_responses_parquet(
+    parquet_path: Path,
+    class_names: Sequence[str],
+    num_nodes: int,
+    *,
+    model: str | None = None,
+    prompt_version: str | None = None,
+    file_index: Sequence[int] | None = None,
+    verify_blobs: bool = True,
+) -> pl.DataFrame:
+    """Read TAPE's per-node answers packed into one Parquet file into a response table.
+
+    The shared data packs ogbn-arxiv's 169,343 answer files into
+    ``gpt_responses/ogbn-arxiv_gpt_responses.parquet``, one row per file: ``node_id``,
+    ``source_filename`` (``"<i>.json"``), ``git_blob`` (git's object id of the file) and
+    ``raw_json`` (the file's whole text, an OpenAI chat-completion object). Each answer is
+    recorded exactly as :func:`import_tape_responses` records a file (same parse, explanation,
+    ``finish_reason``, usage, ``id``, ``created``, API error objects as failed rows); a node
+    without a row (or whose ``raw_json`` is null) gives a ``"failed"`` row with error
+    ``"missing row node_id=<k> in <path>"``. Rows for other node ids are ignored.
+
+    Args:
+        parquet_path (Path): e.g.
+            ``<data>/ogbn-arxiv/gpt_responses/ogbn-arxiv_gpt_responses.parquet``.
+        class_names (Sequence[str]): the C class names in label order.
+        num_nodes (int): N.
+        model (str, optional): model name for the rows of missing nodes. (default: the most
+            common ``model`` of the answers read, ``"unknown"`` if none was read)
+        prompt_version (str, optional): recorded in every row. (default: ``None``, unknown)
+        file_index (Sequence[int], optional): ``[N]`` the ``node_id`` row of node ``i``, for a
+            relabelled subgraph. (default: ``None``, node ``i`` reads row ``node_id == i``)
+        verify_blobs (bool, optional): check each read row's ``raw_json`` against its
+            ``git_blob`` (``sha1("blob <len>\\0" + raw_json)``). (default: ``True``)
+
+    Returns:
+        pl.DataFrame: N rows in :data:`~tag_pipeline.llm.store.RESPONSE_SCHEMA`, sorted by
+        ``node_id``; ``source`` is ``"replay:<folder>/<file>.parquet:<source_filename>"``
+        (``"replay:gpt_responses/ogbn-arxiv_gpt_responses.parquet:12.json"``).
+
+    Raises:
+        FileNotFoundError: ``parquet_path`` is not a file.
+        ValueError: ``file_index`` does not have N entries.
+        ResponseError: the file is not readable Parquet, lacks a column, repeats a
+            ``node_id``, a row's ``raw_json`` does not match its ``git_blob``, is not valid
+            JSON or has no ``choices[0].message.content`` (the message names the file and row).
+    """
+    parquet_path = Path(parquet_path)
+    if not parquet_path.is_file():
+        raise FileNotFoundError(f"{parquet_path}: no such file of packed responses")
+    if file_index is not None and len(file_index) != num_nodes:
+        raise ValueError(f"file_index has {len(file_index)} entries, expected {num_nodes}")
+    try:
+        table = pl.read_parquet(parquet_path, columns=list(PACKED_COLUMNS))
+    except Exception as e:  # polars raises several kinds for a damaged file or missing column
+        raise ResponseError(f"{parquet_path}: not a packed response table ({e})") from e
+    node_ids = table.get_column("node_id")
+    if node_ids.null_count() or node_ids.is_duplicated().any():
+        raise ResponseError(f"{parquet_path}: node_id is null or repeated")
+    row_of = dict(zip(node_ids.to_list(), range(table.height)))
+    names = table.get_column("source_filename").to_list()
+    blobs = table.get_column("git_blob").to_list()
+    texts = table.get_column("raw_json").to_list()
+    prefix = f"replay:{parquet_path.parent.name}/{parquet_path.name}"
+    records: list[dict[str, Any]] = []
+    for i in range(num_nodes):
+        wanted = int(file_index[i]) if file_index is not None else i
+        row = row_of.get(wanted)
+        if row is None or texts[row] is None:
+            records.append({"node_id": i, "status": "failed",
+                            "error": f"missing row node_id={wanted} in {parquet_path}",
+                            "ranked_labels": [], "explanation": "", "source": prefix})
+            continue
+        where = f"{parquet_path}:{names[row]} (node_id {wanted})"
+        raw = texts[row].encode("utf-8")
+        if verify_blobs and _git_blob_sha1(raw) != blobs[row]:
+            raise ResponseError(f"{where}: raw_json does not match git_blob {blobs[row]}")
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ResponseError(f"{where}: malformed JSON ({e})") from e
+        source = f"{prefix}:{names[row]}"
+        records.append({"node_id": i, **_completion_record(obj, where, class_names, source)})
+    return _finish_records(records, model, prompt_version)
 
 
 def read_tape_preds(
@@ -157,25 +263,89 @@ def read_tape_preds(
             range), naming the file and the 1-based line.
     """
     csv_path = Path(csv_path)
+    lines = _pred_lines(csv_path, num_nodes)
+    return [
+        _parse_pred_line(line, csv_path, n, num_classes) for n, line in enumerate(lines, start=1)
+    ]
+
+
+def _pred_lines(csv_path: Path, num_nodes: int) -> list[str]:
+    """The N stripped lines of a ``gpt_preds`` csv (one trailing newline allowed)."""
     lines = csv_path.read_text().split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) != num_nodes:
         raise ResponseError(f"{csv_path}: {len(lines)} lines, expected {num_nodes} (one per node)")
-    preds: list[list[int]] = []
-    for n, line in enumerate(lines, start=1):
-        line = line.strip()
-        if not line:
-            preds.append([])
-            continue
-        try:
-            values = [int(v) for v in line.split(",")]
-        except ValueError as e:
-            raise ResponseError(f"{csv_path}: line {n}: not a list of integers: {line!r}") from e
-        if num_classes is not None and any(v < 0 or v >= num_classes for v in values):
-            raise ResponseError(f"{csv_path}: line {n}: class index outside 0..{num_classes - 1}")
-        preds.append(values)
-    return preds
+    return [line.strip() for line in lines]
+
+
+def _parse_pred_line(
+    line: str, csv_path: Path, lineno: int, num_classes: int | None
+) -> list[int]:
+    """Class indices of one stripped ``gpt_preds`` line, as written (``[]`` if empty)."""
+    if not line:
+        return []
+    try:
+        values = [int(v) for v in line.split(",")]
+    except ValueError as e:
+        raise ResponseError(f"{csv_path}: line {lineno}: not a list of integers: {line!r}") from e
+    if num_classes is not None and any(v < 0 or v >= num_classes for v in values):
+        raise ResponseError(
+            f"{csv_path}: line {lineno}: class index outside 0..{num_classes - 1}"
+        )
+    return values
+
+
+def responses_from_tape_preds(
+    csv_path: Path,
+    num_nodes: int,
+    num_classes: int,
+    model: str = "gpt-3.5-turbo-0301",
+    *,
+    prompt_version: str | None = None,
+) -> pl.DataFrame:
+    """A response table from TAPE's extracted predictions alone (``gpt_preds/<name>.csv``).
+
+    For datasets whose answers were not released (PubMed, arxiv_2023) the csv is all there is
+    of the LLM: TAPE's prediction feature (P) but no explanation (E). Line ``i`` (see
+    :func:`read_tape_preds`) gives node ``i`` an ``"ok"`` row with ``ranked_labels`` = the
+    line's indices with repeats dropped (first occurrence kept: ``"4,3,4"`` -> ``[4, 3]``),
+    ``raw_text`` = the line itself, ``explanation`` ``""`` and null usage and
+    ``finish_reason``. An empty line gives a ``"failed"`` row with error
+    ``"no prediction in <folder>/<file> line <n>"`` (1-based).
+
+    Args:
+        csv_path (Path): e.g. ``<data>/pubmed/gpt_preds/pubmed.csv``.
+        num_nodes (int): N, the expected number of lines.
+        num_classes (int): C; indices must lie in ``0..C-1``.
+        model (str, optional): the model that answered. (default: ``"gpt-3.5-turbo-0301"``,
+            TAPE's)
+        prompt_version (str, optional): recorded in every row. (default: ``None``, unknown)
+
+    Returns:
+        pl.DataFrame: N rows in :data:`~tag_pipeline.llm.store.RESPONSE_SCHEMA`, sorted by
+        ``node_id``, with ``source`` ``"replay:<folder>/<file>"``
+        (``"replay:gpt_preds/pubmed.csv"``).
+
+    Raises:
+        FileNotFoundError: ``csv_path`` does not exist.
+        ResponseError: wrong number of lines, or a value that is not an integer in ``0..C-1``
+            (naming the file and the 1-based line).
+    """
+    csv_path = Path(csv_path)
+    name = f"{csv_path.parent.name}/{csv_path.name}"
+    records: list[dict[str, Any]] = []
+    for n, line in enumerate(_pred_lines(csv_path, num_nodes), start=1):
+        record: dict[str, Any] = {"node_id": n - 1, "model": model, "explanation": "",
+                                  "source": f"replay:{name}", "prompt_version": prompt_version}
+        values = _parse_pred_line(line, csv_path, n, num_classes)
+        if values:
+            record.update(status="ok", raw_text=line, ranked_labels=list(dict.fromkeys(values)))
+        else:
+            record.update(status="failed", error=f"no prediction in {name} line {n}",
+                          ranked_labels=[])
+        records.append(record)
+    return responses_from_records(records)
 
 
 def agreement_with_tape_preds(

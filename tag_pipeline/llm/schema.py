@@ -117,7 +117,10 @@ def _cached_answer_model(class_names: tuple[str, ...], k: int) -> type[AnswerBas
         ),
         explanation=(
             str,
-            Field(description="Why these classes fit the text, citing evidence from it.", min_length=1),
+            Field(
+                description="Why these classes fit the text, citing evidence from it.",
+                min_length=1,
+            ),
         ),
     )
     return model

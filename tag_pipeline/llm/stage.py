@@ -29,58 +29,148 @@ def replay_sources(dataset: DatasetConfig, llm: LLMConfig) -> tuple[Path, Path |
     return llm.responses_dir, llm.preds_csv
 
 
-def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConfig, lake_root: Path) -> Path:
-    """Import the LLM's answers for every node of the graph into the response store.
+class LLMStageIncomplete(RuntimeError):
+    """Some nodes got no answer for a reason a retry can fix (HTTP errors, timeouts).
 
-    Replay (TAPE's recorded GPT-3.5 answers) parses each answer's ranked labels and
-    explanation, and records its agreement with TAPE's own ``gpt_preds`` extraction and the
-    top-1 accuracy of the LLM (zero-shot) in the manifest.
+    Nothing is committed to the lake; every answer received is in the persistent answer
+    cache, so the retry asks only for the missing nodes.
+    """
+
+
+class LLMBudgetExhausted(RuntimeError):
+    """The run's budget (calls or tokens) ran out before every node was answered.
+
+    Answers so far are cached; raise the budget (``llm.online.max_calls``,
+    ``max_total_tokens``) and run again to continue. Retrying as is would not help.
+    """
+
+
+def _live_key(graph_path: Path, llm: LLMConfig) -> str:
+    """Lineage key of a live (online/offline) answer set: what shapes the answers, not limits."""
+    from tag_pipeline.llm.prompts import prompt_hash, prompt_version
+
+    graph = open_graph(graph_path)
+    if llm.backend == "online":
+        c = llm.online
+        shaping = c.model_dump(mode="json", include={"model", "api_base", "mode", "template_version", "top_k",
+                                                    "temperature", "max_output_tokens"})
+    else:
+        c = llm.offline
+        shaping = c.model_dump(mode="json", include={"model_path", "template_version", "top_k", "max_tokens",
+                                                    "temperature", "top_p", "seed"})
+    name = graph.name
+    return lake.config_hash(
+        LLM_STAGE_VERSION, graph_path.name, llm.backend, shaping,
+        prompt_version(name, c.template_version), prompt_hash(name, graph.class_names, c.template_version, k=c.top_k),
+    )
+
+
+def ask_llm(graph_path: Path, llm: LLMConfig, progress: bool = True) -> tuple[pl.DataFrame, dict]:
+    """Ask the online or offline LLM about every node of the graph (title + abstract).
+
+    Returns:
+        (responses in ``RESPONSE_SCHEMA``, the backend's stats).
+
+    Raises:
+        ValueError: the dataset has no text to prompt with.
+        LLMBudgetExhausted: the budget ran out (answers so far are cached).
+        LLMStageIncomplete: retryable failures left nodes unanswered (answers so far cached),
+            or the provider refused the run (authentication, unknown model).
+    """
+    graph = open_graph(graph_path)
+    if graph.text is None:
+        raise ValueError(f"{graph_path}: dataset {graph.name!r} has no text to prompt the LLM with")
+    nodes = list(enumerate(graph.text))
+    if llm.backend == "online":
+        from tag_pipeline.llm.online import answer_nodes
+
+        df, stats = answer_nodes(nodes, graph.name, graph.class_names, llm.online, progress=progress)
+    elif llm.backend == "offline":
+        from tag_pipeline.llm.offline import answer_nodes_offline
+
+        df, stats = answer_nodes_offline(nodes, graph.name, graph.class_names, llm.offline, progress=progress)
+    else:
+        raise ValueError(f"ask_llm handles online/offline, not {llm.backend!r}")
+    unanswered = int(stats.get("failed", 0)) - int(stats.get("failed_invalid", 0))
+    if stats.get("budget_exhausted"):
+        raise LLMBudgetExhausted(
+            f"LLM budget exhausted after {stats.get('calls')} calls / {stats.get('total_tokens')} tokens; "
+            f"{unanswered} of {len(nodes)} nodes unanswered (answers so far are cached)"
+        )
+    if stats.get("aborted") or unanswered > 0:
+        reasons = df.filter(pl.col("status") == "failed")["error"].unique().to_list()[:5]
+        raise LLMStageIncomplete(
+            f"{unanswered} of {len(nodes)} nodes unanswered"
+            + (f"; run aborted: {stats['aborted']}" if stats.get("aborted") else "")
+            + f"; reasons include {reasons} (answers so far are cached; a retry asks only for the rest)"
+        )
+    return df, stats
+
+
+def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConfig, lake_root: Path) -> Path:
+    """Get every node's ranked labels and explanation into the response store in the lake.
+
+    ``replay`` imports TAPE's recorded GPT-3.5 answers and records the parser's agreement
+    with TAPE's ``gpt_preds``; ``online`` / ``offline`` ask the LLM (see :func:`ask_llm`).
+    Either way the manifest records the LLM's zero-shot top-1 accuracy and the counts of
+    failed and label-less answers. An answer set is committed only when every node has an
+    answer or a final (paid-for) failure.
 
     Args:
         graph_path: graph artifact directory.
-        dataset: the dataset config (locates TAPE's files).
+        dataset: the dataset config (locates TAPE's files for replay).
         llm: the LLM stage config.
         lake_root: root of the lake.
 
     Returns:
         Artifact directory holding ``responses.parquet`` (schema: ``llm.store.RESPONSE_SCHEMA``).
+
+    Raises:
+        LLMStageIncomplete, LLMBudgetExhausted: see :func:`ask_llm`.
     """
-    from tag_pipeline.llm.replay import (
-        agreement_with_tape_preds,
-        import_tape_responses,
-        read_tape_preds,
-        replay_top1_accuracy,
-    )
+    from tag_pipeline.llm.replay import replay_top1_accuracy
     from tag_pipeline.llm.store import write_responses
 
-    graph = open_graph(graph_path)
-    responses_dir, preds_csv = replay_sources(dataset, llm)
-    key = lake.config_hash(
-        LLM_STAGE_VERSION,
-        graph_path.name,
-        llm.model_dump(mode="json", exclude={"responses_dir", "preds_csv", "top_k"}),
-        lake.files_digest([responses_dir]),
-    )
+    if llm.backend == "replay":
+        responses_dir, _ = replay_sources(dataset, llm)
+        key = lake.config_hash(
+            LLM_STAGE_VERSION,
+            graph_path.name,
+            llm.model_dump(mode="json", include={"backend", "model"}),
+            lake.files_digest([responses_dir]),
+        )
+    else:
+        key = _live_key(graph_path, llm)
     path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "llm", f"{llm.backend}-{key}")
     if lake.find_artifact(path) is not None:
         return path
-    df = import_tape_responses(responses_dir, graph.class_names, graph.num_nodes)
-    stats: dict = {
+    graph = open_graph(graph_path)
+    if llm.backend == "replay":
+        df, stats = _replay(graph, dataset, llm)
+        inputs = {"graph": str(graph_path), "responses_dir": str(responses_dir)}
+    else:
+        df, backend_stats = ask_llm(graph_path, llm)
+        stats = {"backend": backend_stats}
+        inputs = {"graph": str(graph_path)}
+    stats |= {
         "llm_top1_accuracy": replay_top1_accuracy(df, graph.labels),
         "n_failed": int((df["status"] == "failed").sum()),
         "n_no_label": int(df.filter(pl.col("ranked_labels").list.len() == 0).height),
     }
+    with lake.write_artifact(path, stage="llm", config=llm, inputs=inputs, rows=df.height, extra={"stats": stats}) as tmp:
+        write_responses(df, tmp / RESPONSES_FILE)
+    return path
+
+
+def _replay(graph, dataset: DatasetConfig, llm: LLMConfig) -> tuple[pl.DataFrame, dict]:
+    """TAPE's recorded answers for the graph's nodes, with agreement against ``gpt_preds``."""
+    from tag_pipeline.llm.replay import agreement_with_tape_preds, import_tape_responses, read_tape_preds
+
+    responses_dir, preds_csv = replay_sources(dataset, llm)
+    df = import_tape_responses(responses_dir, graph.class_names, graph.num_nodes)
+    stats: dict = {}
     if preds_csv is not None and Path(preds_csv).exists():
         n_lines = sum(1 for _ in open(preds_csv))
         preds = read_tape_preds(Path(preds_csv), n_lines)[: graph.num_nodes]
         stats["tape_preds_agreement"] = agreement_with_tape_preds(df, preds)
-    with lake.write_artifact(
-        path,
-        stage="llm",
-        config=llm,
-        inputs={"graph": str(graph_path), "responses_dir": str(responses_dir)},
-        rows=df.height,
-        extra={"stats": stats},
-    ) as tmp:
-        write_responses(df, tmp / RESPONSES_FILE)
-    return path
+    return df, stats
