@@ -28,6 +28,17 @@ PT_NAME = "cora.pt"
 CONTENT_MEMBER = "cora/cora.content"
 CITES_MEMBER = "cora/cora.cites"
 
+#: Cora's classes in TAPE's label order (alphabetical): label ``c`` is ``CLASS_NAMES[c]``.
+CLASS_NAMES: tuple[str, ...] = (
+    "Case_Based",
+    "Genetic_Algorithms",
+    "Neural_Networks",
+    "Probabilistic_Methods",
+    "Reinforcement_Learning",
+    "Rule_Learning",
+    "Theory",
+)
+
 #: ``{TAPE label: cora.pt label}``: the class order used by ``cora.pt``'s ``y``.
 TAPE_TO_PT_LABEL: Mapping[int, int] = {0: 2, 1: 3, 2: 1, 3: 6, 4: 5, 5: 0, 6: 4}
 
@@ -257,11 +268,8 @@ def load_cora(root: Path | str, seeds: Sequence[int] = (0, 1, 2, 3)) -> TAGraph:
     class_names = sorted(set(names))
     class_index = {c: k for k, c in enumerate(class_names)}
     labels = np.array([class_index[c] for c in names], dtype=np.int64)
-    if len(class_names) != len(TAPE_TO_PT_LABEL):
-        raise DatasetError(
-            f"{content_src}: {len(class_names)} classes {class_names}, expected "
-            f"{len(TAPE_TO_PT_LABEL)}"
-        )
+    if tuple(class_names) != CLASS_NAMES:
+        raise DatasetError(f"{content_src}: classes {class_names}, expected {list(CLASS_NAMES)}")
 
     index = {pid: i for i, pid in enumerate(paper_ids)}
     cites = parse_cora_cites(

@@ -46,22 +46,28 @@ class LLMBudgetExhausted(RuntimeError):
 
 
 def _live_key(graph_path: Path, llm: LLMConfig) -> str:
-    """Lineage key of a live (online/offline) answer set: what shapes the answers, not limits."""
+    """Lineage key of a live (online/offline) answer set: what shapes the answers, not limits.
+
+    The same parameters key the answer cache (each backend's ``generation_params``), plus the
+    model, the endpoint and the prompt (template version and hash of the rendered template).
+    """
     from tag_pipeline.llm.prompts import prompt_hash, prompt_version
 
     graph = open_graph(graph_path)
     if llm.backend == "online":
+        from tag_pipeline.llm.online import generation_params
+
         c = llm.online
-        shaping = c.model_dump(mode="json", include={"model", "api_base", "mode", "template_version", "top_k",
-                                                    "temperature", "max_output_tokens"})
+        model = {"model": c.model, "api_base": c.api_base}
     else:
+        from tag_pipeline.llm.offline import generation_params
+
         c = llm.offline
-        shaping = c.model_dump(mode="json", include={"model_path", "template_version", "top_k", "max_tokens",
-                                                    "temperature", "top_p", "seed"})
-    name = graph.name
+        model = {"model_path": c.model_path}
     return lake.config_hash(
-        LLM_STAGE_VERSION, graph_path.name, llm.backend, shaping,
-        prompt_version(name, c.template_version), prompt_hash(name, graph.class_names, c.template_version, k=c.top_k),
+        LLM_STAGE_VERSION, graph_path.name, llm.backend, model, generation_params(c),
+        prompt_version(graph.name, c.template_version),
+        prompt_hash(graph.name, graph.class_names, c.template_version, k=c.top_k),
     )
 
 

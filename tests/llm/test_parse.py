@@ -8,16 +8,9 @@ from tag_pipeline.llm.parse import (
     parse_ranked_labels,
     split_head,
 )
+from tag_pipeline.datasets.cora import CLASS_NAMES  # noqa: E402
 
-CORA = [
-    "Case_Based",
-    "Genetic_Algorithms",
-    "Neural_Networks",
-    "Probabilistic_Methods",
-    "Reinforcement_Learning",
-    "Rule_Learning",
-    "Theory",
-]
+CORA = list(CLASS_NAMES)
 ARXIV = ["arxiv cs ai", "arxiv cs lg", "arxiv cs hc", "arxiv cs cy"]
 
 

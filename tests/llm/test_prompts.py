@@ -10,16 +10,9 @@ from tag_pipeline.llm.prompts import (
     prompt_version,
     template_name,
 )
+from tag_pipeline.datasets.cora import CLASS_NAMES  # noqa: E402
 
-CORA = [
-    "Case_Based",
-    "Genetic_Algorithms",
-    "Neural_Networks",
-    "Probabilistic_Methods",
-    "Reinforcement_Learning",
-    "Rule_Learning",
-    "Theory",
-]
+CORA = list(CLASS_NAMES)
 TEXT = " The megaprior heuristic. : Several computer algorithms for discovering patterns.\n"
 
 # The rendered Cora v1 prompt, pinned: a template is never edited once answers were paid for

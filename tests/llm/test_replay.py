@@ -28,16 +28,9 @@ from tag_pipeline.llm.store import (
     responses_from_records,
     validate_responses,
 )
+from tag_pipeline.datasets.cora import CLASS_NAMES  # noqa: E402
 
-CORA_CLASSES = [
-    "Case_Based",
-    "Genetic_Algorithms",
-    "Neural_Networks",
-    "Probabilistic_Methods",
-    "Reinforcement_Learning",
-    "Rule_Learning",
-    "Theory",
-]
+CORA_CLASSES = list(CLASS_NAMES)
 CORA_NODES = 2708
 
 

@@ -41,6 +41,7 @@ from tag_pipeline.llm.store import (
     response_summary,
     validate_responses,
 )
+from tag_pipeline.datasets.cora import CLASS_NAMES  # noqa: E402
 
 
 def _shared_data() -> Path:
@@ -56,15 +57,7 @@ PARQUET = ARXIV / "gpt_responses" / "ogbn-arxiv_gpt_responses.parquet"
 ARXIV_NODES = 169_343
 needs_arxiv = pytest.mark.skipif(not PARQUET.is_file(), reason=f"no ogbn-arxiv data under {ARXIV}")
 
-CORA_CLASSES = [
-    "Case_Based",
-    "Genetic_Algorithms",
-    "Neural_Networks",
-    "Probabilistic_Methods",
-    "Reinforcement_Learning",
-    "Rule_Learning",
-    "Theory",
-]
+CORA_CLASSES = list(CLASS_NAMES)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,16 +11,9 @@ from tag_pipeline.llm.schema import (
     labels_to_indices,
     validation_summary,
 )
+from tag_pipeline.datasets.cora import CLASS_NAMES  # noqa: E402
 
-CORA = [
-    "Case_Based",
-    "Genetic_Algorithms",
-    "Neural_Networks",
-    "Probabilistic_Methods",
-    "Reinforcement_Learning",
-    "Rule_Learning",
-    "Theory",
-]
+CORA = list(CLASS_NAMES)
 
 
 def _error(model, payload) -> str:
