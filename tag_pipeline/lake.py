@@ -6,7 +6,10 @@ a hash of everything that produced the artifact (the stage's config and the keys
 inputs), so a different config lands in a different directory and nothing is overwritten in
 place. An artifact is built in a hidden temporary sibling directory and renamed into place
 only when complete: a reader never sees a half-written artifact, and a killed writer leaves
-only a ``.tmp-*`` directory that the next writer ignores.
+only a ``.tmp-*`` directory, which the next writer in that folder removes once its owner is
+known to be gone (see :func:`remove_stale_temps`). A write that fails (disk full, permission
+denied) raises an ``OSError`` whose message names the artifact and the reason, and commits
+nothing.
 
 (Layering and versioning after Kedro's data catalog; the manifest plays the part of
 Prefect's asset metadata. Plain ``os.rename`` is used because neither Prefect nor fsspec
@@ -16,10 +19,13 @@ offers an atomic directory commit.)
 from __future__ import annotations
 
 import contextlib
+import errno as errno_module
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -31,6 +37,9 @@ from typing import Any
 from tag_pipeline import __version__
 
 MANIFEST = "manifest.json"
+TEMP_PREFIX = ".tmp-"
+#: A temporary whose owner cannot be checked (another machine, an old name) is stale after this.
+STALE_TEMP_AGE_S = 24 * 3600.0
 
 
 class CorruptArtifactError(RuntimeError):
@@ -166,20 +175,32 @@ def write_artifact(
         inputs: ``{name: path}`` of the artifacts it was built from (its lineage).
         rows: row count of the main table, if any.
         extra: more JSON-able metadata.
+
+    Raises:
+        OSError: the artifact could not be written (disk full, permission denied...): the
+            message names ``path`` and the reason (``No space left on device (ENOSPC)``), the
+            errno is kept (so EACCES is a ``PermissionError``), and nothing is committed. A
+            library's wrapped I/O error (safetensors, polars) is raised as such an ``OSError``
+            too (see :func:`os_error_of`). Stale temporaries of killed writers in the same
+            folder are removed first (:func:`remove_stale_temps`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}-{temp_owner_tag()}-", dir=path.parent))
+    except OSError as e:
+        raise annotate_os_error(e, path, "artifact not committed") from e
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a lake may be shared
     try:
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a lake may be shared
         yield tmp
-        files = {
-            p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-            for p in sorted(tmp.iterdir())
-            if p.is_file()
-        }
+        files = {}
+        for p in sorted(tmp.iterdir()):
+            if p.is_file():
+                _fsync_file(p)
+                files[p.name] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
         manifest = {
             "stage": stage,
             "key": path.name,
@@ -199,9 +220,204 @@ def write_artifact(
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 raise
+        else:
+            fsync_dir(path.parent)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os_error = os_error_of(e)
+        if os_error is None:
+            raise
+        raise annotate_os_error(os_error, path, "artifact not committed") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_of(e: BaseException) -> OSError | None:
+    """``e`` if it is an ``OSError``; an ``OSError`` for a library's wrapped I/O error; else ``None``.
+
+    Writers implemented in Rust report a full disk not as ``OSError`` but as their own
+    exception quoting Rust's ``std::io::Error``, e.g. safetensors' ``SafetensorError("Error
+    while serializing: I/O error: No space left on device (os error 28)")`` or polars'
+    ``ComputeError("... underlying IO error: No space left on device (os error 28)")``. Those
+    become ``OSError(28, <their message>)`` so callers see one kind of error for disk trouble.
+    """
+    if isinstance(e, OSError):
+        return e
+    m = _RUST_OS_ERROR.search(str(e))
+    return OSError(int(m[1]), str(e)) if m else None
+
+
+def annotate_os_error(e: OSError, path: Path | str, what: str) -> OSError:
+    """An ``OSError`` like ``e`` whose message names ``path`` and the errno reason.
+
+    ``OSError(errno.ENOSPC, ...)`` from deep inside a writer often names no file (or only a
+    temporary one). The result keeps ``e``'s errno, so it is the same ``OSError`` subclass
+    (``PermissionError`` for EACCES...), and reads e.g. ``"<path>: artifact not committed: No
+    space left on device (ENOSPC) (at <file>)"`` (the ``at`` part when ``e`` named a file). An
+    error already annotated, or without an errno, is returned unchanged.
+
+    Args:
+        e: the error caught.
+        path: what could not be written (the artifact or file the caller was committing).
+        what: what that means, e.g. ``"artifact not committed"``.
+    """
+    if getattr(e, "lake_annotated", False) or e.errno is None:
+        return e
+    reason = os.strerror(e.errno)
+    name = errno_module.errorcode.get(e.errno, str(e.errno))
+    msg = f"{path}: {what}: {reason} ({name})"
+    if e.filename is not None and str(e.filename) != str(path):
+        msg += f" (at {e.filename})"
+    if e.strerror and e.strerror != reason:
+        msg += f" [{e.strerror}]"
+    err = OSError(e.errno, msg)
+    err.lake_annotated = True  # type: ignore[attr-defined]
+    return err
+
+
+def _host_tag() -> str:
+    """8 hex digits naming this machine and pid namespace (who can check a pid's liveness)."""
+    try:
+        ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{ns}".encode()).hexdigest()[:8]
+
+
+_HOST_TAG = _host_tag()
+_TEMP_OWNER = re.compile(r"-(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def temp_owner_tag() -> str:
+    """``<host>.<pid>``: put in temporary names so a later writer can tell a dead owner's."""
+    return f"{_HOST_TAG}.{os.getpid()}"
+
+
+def temp_path(path: Path | str) -> Path:
+    """A fresh temporary sibling of ``path``: ``.tmp-<name>-<host>.<pid>-<random>``."""
+    path = Path(path)
+    return path.with_name(f"{TEMP_PREFIX}{path.name}-{temp_owner_tag()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True
+    try:  # a killed, not yet reaped child is a zombie: its writing is over
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def is_stale_temp(path: Path | str, max_age_s: float = STALE_TEMP_AGE_S, now: float | None = None) -> bool:
+    """Whether a ``.tmp-*`` file or directory was left by a writer that is gone.
+
+    Its name carries the writer's ``<host>.<pid>`` (:func:`temp_owner_tag`): on the same
+    host (and pid namespace) it is stale when that process no longer runs. A name written
+    elsewhere, or without an owner, is stale when untouched for ``max_age_s`` seconds.
+    """
+    path = Path(path)
+    if not path.name.startswith(TEMP_PREFIX):
+        return False
+    m = _TEMP_OWNER.search(path.name)
+    if m and m["host"] == _HOST_TAG:
+        return not _pid_alive(int(m["pid"]))
+    try:
+        age = (time.time() if now is None else now) - path.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > max_age_s
+
+
+def remove_stale_temps(parent: Path | str, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Remove the ``.tmp-*`` entries of ``parent`` left by killed writers (see :func:`is_stale_temp`).
+
+    Called by every writer before it starts, so a killed run's debris lasts only until the next
+    write in that folder. Temporaries of live writers are left alone.
+
+    Returns:
+        The paths removed.
+    """
+    parent = Path(parent)
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith(TEMP_PREFIX) and is_stale_temp(entry.path, max_age_s):
+            p = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def fsync_dir(path: Path | str) -> None:
+    """fsync a directory so that renames into it survive a power cut (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary sibling, fsync, rename, fsync the folder.
+
+    A reader sees the old file or the whole new one; a killed writer leaves only a
+    ``.tmp-*`` sibling (removed by :func:`remove_stale_temps`).
+
+    Raises:
+        OSError: the write failed (e.g. ENOSPC, EACCES); the message names ``path`` and the
+            reason, and no temporary file is left.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise annotate_os_error(e, path, "not written") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def _write_text_fsync(path: Path, text: str) -> None:

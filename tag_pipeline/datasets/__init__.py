@@ -48,11 +48,19 @@ def load_dataset(cfg: DatasetConfig, seeds: list[int]) -> TAGraph:
 
 
 def graph_key(cfg: DatasetConfig, seeds: list[int]) -> str:
-    """Lineage key of the graph artifact: raw file contents, dataset options, seeds."""
+    """Lineage key of the graph artifact: raw file contents, dataset options, seeds.
+
+    Raises:
+        DatasetError: a raw input file is missing (the message names it).
+    """
     opts = cfg.model_dump(mode="json", exclude={"root"})
     if cfg.custom is not None:
         opts["custom"] = cfg.custom.model_dump(mode="json", exclude={"nodes", "edges", "classes"})
-    return lake.config_hash(GRAPH_STAGE_VERSION, opts, sorted(seeds), lake.files_digest(raw_inputs(cfg)))
+    try:
+        digest = lake.files_digest(raw_inputs(cfg))
+    except FileNotFoundError as e:
+        raise DatasetError(str(e)) from e
+    return lake.config_hash(GRAPH_STAGE_VERSION, opts, sorted(seeds), digest)
 
 
 def materialize_graph(cfg: DatasetConfig, seeds: list[int], lake_root: Path) -> Path:

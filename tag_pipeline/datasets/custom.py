@@ -76,7 +76,25 @@ def read_table(path: Path | str) -> pl.DataFrame:
             return pl.read_parquet(path)
         return pl.read_csv(path, infer_schema=False)
     except Exception as e:  # polars raises many types (NoDataError, ComputeError, OSError...)
+        if suffix == ".csv" and "utf-8" in str(e).lower():
+            line = first_non_utf8_line(path)
+            if line is not None:
+                raise DatasetError(f"{path}: text is not valid UTF-8 at {where(path, line - 2)}") from e
         raise DatasetError(f"{path}: cannot read table ({type(e).__name__}: {e})") from e
+
+
+def first_non_utf8_line(path: Path) -> int | None:
+    """1-based number of the first line of ``path`` that is not valid UTF-8, or ``None``.
+
+    Counts physical lines, as :func:`where` does (a quoted cell spanning lines shifts it).
+    """
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 def require_columns(df: pl.DataFrame, path: Path, columns: Sequence[str]) -> None:

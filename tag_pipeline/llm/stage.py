@@ -135,7 +135,7 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
         LLMStageIncomplete, LLMBudgetExhausted: see :func:`ask_llm`.
     """
     from tag_pipeline.llm.replay import replay_top1_accuracy
-    from tag_pipeline.llm.store import write_responses
+    from tag_pipeline.llm.store import validate_responses, write_responses
 
     if llm.backend == "replay":
         responses_dir, _ = replay_sources(dataset, llm)
@@ -158,6 +158,7 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
         df, backend_stats = ask_llm(graph_path, llm)
         stats = {"backend": backend_stats}
         inputs = {"graph": str(graph_path)}
+    df = validate_responses(df, graph.num_nodes, graph.num_classes, str(path / RESPONSES_FILE))
     stats |= {
         "llm_top1_accuracy": replay_top1_accuracy(df, graph.labels),
         "n_failed": int((df["status"] == "failed").sum()),
