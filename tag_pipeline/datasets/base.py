@@ -70,6 +70,38 @@ def tape_random_split(num_nodes: int, seed: int) -> Split:
     )
 
 
+def unique_sorted_edges(edge_index: np.ndarray, num_nodes: int) -> np.ndarray:
+    """Drop duplicate edges and sort by (source, target).
+
+    Sorts the ``source * N + target`` keys rather than calling ``np.unique``, which is
+    hash-based in numpy >= 2.3 and about 40x slower on millions of edges (ogbn-arxiv).
+
+    Args:
+        edge_index: ``[2, M]`` integer node indices in ``0..num_nodes-1``.
+        num_nodes: N.
+
+    Returns:
+        ``[2, E]`` int64, unique, sorted by source then target.
+    """
+    src, dst = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
+    n = np.int64(max(num_nodes, 1))
+    keys = src * n + dst
+    keys.sort()
+    if keys.size:
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+    return np.stack([keys // n, keys % n])
+
+
+def symmetrize_edges(edge_index: np.ndarray, num_nodes: int) -> np.ndarray:
+    """Add the reverse of every edge, drop duplicates and sort by (source, target).
+
+    Returns:
+        ``[2, E]`` int64, unique, symmetric, sorted by source then target.
+    """
+    edge_index = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
+    return unique_sorted_edges(np.concatenate([edge_index, edge_index[::-1]], axis=1), num_nodes)
+
+
 @dataclass
 class TAGraph:
     """A text-attributed graph for node classification.

@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tag_pipeline.datasets.base import DatasetError, TAGraph, tape_random_split
+from tag_pipeline.datasets.base import (
+    DatasetError,
+    TAGraph,
+    symmetrize_edges,
+    tape_random_split,
+    unique_sorted_edges,
+)
 
 ZIP_NAME = "cora.zip"
 PT_NAME = "cora.pt"
@@ -136,35 +142,6 @@ def parse_cora_cites(text: str, source: str, index: Mapping[str, int]) -> np.nda
         except KeyError as e:
             raise DatasetError(f"{source}: line {lineno}: unknown paper id {e.args[0]!r}") from e
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T
-
-
-def symmetrize_edges(edge_index: np.ndarray, num_nodes: int) -> np.ndarray:
-    """Add reverse edges, drop duplicates and sort by (source, target).
-
-    Args:
-        edge_index (np.ndarray): ``[2, M]`` integer node indices in ``0..num_nodes-1``.
-        num_nodes (int): N.
-
-    Returns:
-        np.ndarray: ``[2, E]`` int64, unique, symmetric, sorted by source then target.
-    """
-    both = np.concatenate([edge_index, edge_index[::-1]], axis=1).astype(np.int64)
-    return unique_sorted_edges(both, num_nodes)
-
-
-def unique_sorted_edges(edge_index: np.ndarray, num_nodes: int) -> np.ndarray:
-    """Drop duplicate edges and sort by (source, target).
-
-    Args:
-        edge_index (np.ndarray): ``[2, M]`` integer node indices in ``0..num_nodes-1``.
-        num_nodes (int): N.
-
-    Returns:
-        np.ndarray: ``[2, E]`` int64.
-    """
-    edge_index = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
-    keys = np.unique(edge_index[0] * np.int64(max(num_nodes, 1)) + edge_index[1])
-    return np.stack([keys // max(num_nodes, 1), keys % max(num_nodes, 1)]).astype(np.int64)
 
 
 def align_cora_text(

@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tag_pipeline.datasets.base import SPLIT_NAMES, DatasetError, Split, TAGraph, tape_random_split
+from tag_pipeline.datasets.base import (
+    SPLIT_NAMES,
+    DatasetError,
+    Split,
+    TAGraph,
+    symmetrize_edges,
+    tape_random_split,
+    unique_sorted_edges,
+)
 
 #: Optional nodes column holding a fixed split (``train``/``val``/``test``) for every seed.
 SPLIT_COL = "split"
@@ -357,10 +365,7 @@ def edge_index_from_ids(
             f"{dst_col}={dst_s[r]!r} is not a node id; {rows.size} row(s) affected in total"
         )
     ei = np.stack([src.to_numpy(), dst.to_numpy()]).astype(np.int64).reshape(2, -1)
-    if undirected:
-        ei = np.concatenate([ei, ei[::-1]], axis=1)
-    keys = np.unique(ei[0] * np.int64(n) + ei[1])
-    return np.stack([keys // n, keys % n]).astype(np.int64)
+    return symmetrize_edges(ei, n) if undirected else unique_sorted_edges(ei, n)
 
 
 def load_custom(

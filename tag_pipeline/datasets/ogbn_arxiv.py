@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse
 
-from tag_pipeline.datasets.base import DatasetError, Split, TAGraph
+from tag_pipeline.datasets.base import DatasetError, Split, TAGraph, symmetrize_edges
 
 ADJ_NAME = "graphsaint/adj_full.npz"
 ROLE_NAME = "graphsaint/role.json"
@@ -181,29 +181,6 @@ def read_role_split(path: Path, num_nodes: int) -> Split:
     return Split(train=parts["train"], val=parts["val"], test=parts["test"])
 
 
-def symmetrize_sorted(edge_index: np.ndarray, num_nodes: int) -> np.ndarray:
-    """Add reverse edges, drop duplicates and sort by (source, target), by sorting.
-
-    Gives the same result as :func:`tag_pipeline.datasets.cora.symmetrize_edges`, but sorts the
-    ``source * N + target`` keys instead of calling ``np.unique`` (hash-based in numpy >= 2.3,
-    about 40x slower on ogbn-arxiv's 2.3 million keys).
-
-    Args:
-        edge_index (np.ndarray): ``[2, M]`` integer node indices in ``0..num_nodes-1``.
-        num_nodes (int): N.
-
-    Returns:
-        np.ndarray: ``[2, E]`` int64, unique, symmetric, sorted by source then target.
-    """
-    src, dst = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
-    n = np.int64(max(num_nodes, 1))
-    keys = np.concatenate([src * n + dst, dst * n + src])
-    keys.sort()
-    if keys.size:
-        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
-    return np.stack([keys // n, keys % n])
-
-
 def year_split(years: np.ndarray) -> Split:
     """OGB's official ogbn-arxiv split from publication years: <= 2017 / 2018 / >= 2019.
 
@@ -266,7 +243,7 @@ def load_ogbn_arxiv(root: Path | str, seeds: Sequence[int] = (0, 1, 2, 3)) -> TA
         name="ogbn-arxiv",
         class_names=class_names,
         labels=labels,
-        edge_index=symmetrize_sorted(cites, n),
+        edge_index=symmetrize_edges(cites, n),
         source_ids=read_paper_ids(root / PAPER_MAP_NAME, n),
         text=None,
         splits={int(s): split for s in seeds},

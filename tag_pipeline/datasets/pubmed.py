@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tag_pipeline.datasets.base import DatasetError, TAGraph, tape_random_split
-from tag_pipeline.datasets.ogbn_arxiv import symmetrize_sorted
+from tag_pipeline.datasets.base import DatasetError, TAGraph, symmetrize_edges, tape_random_split
 
 PLANETOID_DIR = "planetoid"
 INDEX_MAP_NAME = "pubmed-temporal/planetoid-index-map.json.gz"
@@ -266,7 +265,7 @@ def load_pubmed(root: Path | str, seeds: Sequence[int] = (0, 1, 2, 3)) -> TAGrap
     pairs = pairs[:, pairs[0] != pairs[1]]
     tape_of_planetoid = np.empty(n, dtype=np.int64)
     tape_of_planetoid[index_map] = np.arange(n)
-    edge_index = symmetrize_sorted(tape_of_planetoid[pairs], n)
+    edge_index = symmetrize_edges(tape_of_planetoid[pairs], n)
 
     return TAGraph(
         name="pubmed",

@@ -16,13 +16,24 @@ def _artifact_dirs(lake: Path) -> set[str]:
     return {str(p.relative_to(lake)) for p in lake.glob("*/*/*") if p.is_dir()}
 
 
-def _task_states(flow_run_id) -> dict[str, str]:
+def _task_states(flow_run_id, timeout_s: float = 30.0) -> dict[str, str]:
+    """Task-run state names of a flow run, as the API reports them once every one is final.
+
+    Task-run states reach the server as events, asynchronously: right after a flow returns
+    the API may still show a task as Running for a moment.
+    """
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r.state.name for r in runs}
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                return {r.name: r.state.name for r in runs}
+            time.sleep(0.5)
 
 
 def _markdown_artifacts(flow_run_id) -> list[str]:
