@@ -8,7 +8,7 @@ import polars as pl
 
 from tag_pipeline import lake
 from tag_pipeline.config import DatasetConfig, LLMConfig
-from tag_pipeline.datasets import open_graph
+from tag_pipeline.datasets import TAGraph, open_graph
 
 LLM_STAGE_VERSION = 1
 RESPONSES_FILE = "responses.parquet"
@@ -45,7 +45,7 @@ class LLMBudgetExhausted(RuntimeError):
     """
 
 
-def _live_key(graph_path: Path, llm: LLMConfig) -> str:
+def _live_key(graph_path: Path, graph: TAGraph, llm: LLMConfig) -> str:
     """Lineage key of a live (online/offline) answer set: what shapes the answers, not limits.
 
     The same parameters key the answer cache (each backend's ``generation_params``), plus the
@@ -53,7 +53,6 @@ def _live_key(graph_path: Path, llm: LLMConfig) -> str:
     """
     from tag_pipeline.llm.prompts import prompt_hash, prompt_version
 
-    graph = open_graph(graph_path)
     if llm.backend == "online":
         from tag_pipeline.llm.online import generation_params
 
@@ -71,8 +70,8 @@ def _live_key(graph_path: Path, llm: LLMConfig) -> str:
     )
 
 
-def ask_llm(graph_path: Path, llm: LLMConfig, progress: bool = True) -> tuple[pl.DataFrame, dict]:
-    """Ask the online or offline LLM about every node of the graph (title + abstract).
+def ask_llm(graph: TAGraph, llm: LLMConfig, progress: bool = True) -> tuple[pl.DataFrame, dict]:
+    """Ask the online or offline LLM about every node of ``graph`` (title + abstract).
 
     Returns:
         (responses in ``RESPONSE_SCHEMA``, the backend's stats).
@@ -83,9 +82,8 @@ def ask_llm(graph_path: Path, llm: LLMConfig, progress: bool = True) -> tuple[pl
         LLMStageIncomplete: retryable failures left nodes unanswered (answers so far cached),
             or the provider refused the run (authentication, unknown model).
     """
-    graph = open_graph(graph_path)
     if graph.text is None:
-        raise ValueError(f"{graph_path}: dataset {graph.name!r} has no text to prompt the LLM with")
+        raise ValueError(f"dataset {graph.name!r} has no text to prompt the LLM with")
     nodes = list(enumerate(graph.text))
     if llm.backend == "online":
         from tag_pipeline.llm.online import answer_nodes
@@ -137,6 +135,7 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
     from tag_pipeline.llm.replay import replay_top1_accuracy
     from tag_pipeline.llm.store import validate_responses, write_responses
 
+    graph = None  # opened (and verified) once, and only when needed
     if llm.backend == "replay":
         responses_dir, _ = replay_sources(dataset, llm)
         key = lake.config_hash(
@@ -146,16 +145,17 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
             lake.files_digest([responses_dir]),
         )
     else:
-        key = _live_key(graph_path, llm)
+        graph = open_graph(graph_path)
+        key = _live_key(graph_path, graph, llm)
     path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "llm", f"{llm.backend}-{key}")
     if lake.find_artifact(path) is not None:
         return path
-    graph = open_graph(graph_path)
+    graph = graph or open_graph(graph_path)
     if llm.backend == "replay":
         df, stats = _replay(graph, dataset, llm)
         inputs = {"graph": str(graph_path), "responses_dir": str(responses_dir)}
     else:
-        df, backend_stats = ask_llm(graph_path, llm)
+        df, backend_stats = ask_llm(graph, llm)
         stats = {"backend": backend_stats}
         inputs = {"graph": str(graph_path)}
     df = validate_responses(df, graph.num_nodes, graph.num_classes, str(path / RESPONSES_FILE))

@@ -83,7 +83,7 @@ def online_stage_with_unknown_node(reference, fresh_lake, kit, monkeypatch):
     lake_root, graph = fresh_lake
     good = materialize_responses(graph, reference.dataset, LLMConfig(), lake_root)
     df = _with_unknown_node(read_responses(good / RESPONSES_FILE, kit.NUM_NODES, 7), kit.NUM_NODES)
-    monkeypatch.setattr(llm_stage, "ask_llm", lambda graph_path, llm, progress=True: (df, {"calls": 0}))
+    monkeypatch.setattr(llm_stage, "ask_llm", lambda graph, llm, progress=True: (df, {"calls": 0}))
     llm_dir = good.parent
     before = sorted(p.name for p in llm_dir.iterdir())
 
