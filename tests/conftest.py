@@ -40,3 +40,14 @@ def prefect_harness(tmp_path_factory):
     with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}):
         with prefect_test_harness(server_startup_timeout=120):
             yield storage
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread; avoids thread oversubscription on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

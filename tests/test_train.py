@@ -23,13 +23,7 @@ N, C, F = 150, 3, 8
 CFG = GNNConfig(num_layers=2, hidden=16, dropout=0.1, lr=0.05, weight_decay=0.0, epochs=60, patience=60)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread; avoids thread oversubscription on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _toy_graph(seed: int = 0):
