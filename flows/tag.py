@@ -21,6 +21,7 @@ from tag_pipeline.config import (
     ModelName,
     PipelineConfig,
     Stage,
+    StartStage,
 )
 from tasks.data import load_graph
 from tasks.features import build_prediction_feature, embed_text
@@ -49,15 +50,19 @@ def tag(
     ensemble: Literal["logits", "probs"] = "logits",
     lake: str = "data/lake",
     stop_after: Stage = "report",
+    start_at: StartStage = "graph",
 ) -> dict:
     """Reproduce TAPE on one dataset: train a GNN per feature and seed, ensemble, report.
 
-    ``stop_after`` ends the run after one stage (the ``tag/llm`` deployment: ``"llm"``); the
-    run still ends with a markdown summary. Returns the report's lake paths and markdown.
+    ``stop_after`` ends the run after one stage, ``start_at`` reads the stages before it from
+    the lake without computing them (failing, naming the missing artifact, if one is absent):
+    the per-stage deployments ``tag/llm``, ``tag/embed``, ``tag/train``, ``tag/ensemble`` are
+    this flow with both set. Every run ends with a markdown summary. Returns the report's lake
+    paths and markdown.
     """
     cfg = PipelineConfig(
         dataset=dataset, features=features, models=models, seeds=seeds, llm=llm, lm=lm, gnn=gnn,
-        ensemble=ensemble, lake=lake, stop_after=stop_after,
+        ensemble=ensemble, lake=lake, stop_after=stop_after, start_at=start_at,
     )
     lake_root = str(cfg.lake)
     timings: dict[str, float] = {}
@@ -79,7 +84,7 @@ def tag(
         return finish([])
     if {"E", "P"} & set(cfg.features) or cfg.stop_after == "llm":
         with _timed(timings, "llm"):
-            responses = query_llm(graph, cfg.dataset, cfg.llm, lake_root)
+            responses = query_llm(graph, cfg.dataset, cfg.llm, lake_root, build=cfg.builds("llm"))
         paths["llm responses"] = responses
     if cfg.stop_after == "llm":
         return finish([])
@@ -88,9 +93,13 @@ def tag(
     with _timed(timings, "features"):
         for feature in cfg.features:
             if feature == "P":
-                feature_paths[feature] = build_prediction_feature(graph, responses, cfg.llm.top_k, lake_root)
+                feature_paths[feature] = build_prediction_feature(
+                    graph, responses, cfg.llm.top_k, lake_root, build=cfg.builds("features")
+                )
             else:
-                feature_paths[feature] = embed_text(graph, responses, feature, cfg.lm, lake_root)
+                feature_paths[feature] = embed_text(
+                    graph, responses, feature, cfg.lm, lake_root, build=cfg.builds("features")
+                )
             paths[f"features {feature}"] = feature_paths[feature]
     if cfg.stop_after == "features":
         return finish([])
@@ -103,7 +112,10 @@ def tag(
         for model in cfg.models:
             for seed in cfg.seeds:
                 for feature in cfg.features:
-                    run = train_gnn(graph, feature_paths[feature], feature, model, seed, cfg.gnn, lake_root)
+                    run = train_gnn(
+                        graph, feature_paths[feature], feature, model, seed, cfg.gnn, lake_root,
+                        build=cfg.builds("train"),
+                    )
                     runs.setdefault((model, seed), []).append(run)
                     done += 1
                     update_progress_artifact(progress, progress=100.0 * done / total)

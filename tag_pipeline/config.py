@@ -18,6 +18,8 @@ from tag_pipeline.llm.config import OfflineLLMConfig, OnlineLLMConfig
 Feature = Literal["TA", "E", "P"]
 ModelName = Literal["mlp", "gcn", "sage"]
 Stage = Literal["graph", "llm", "features", "train", "report"]
+StartStage = Literal["graph", "llm", "features", "train", "ensemble"]
+STAGE_ORDER: tuple[str, ...] = ("graph", "llm", "features", "train", "ensemble", "report")
 FEATURES: tuple[str, ...] = ("TA", "E", "P")
 MODELS: tuple[str, ...] = ("mlp", "gcn", "sage")
 
@@ -174,6 +176,25 @@ class PipelineConfig(_Config):
         description="Last stage to run: graph, llm, features, train or report (the whole pipeline). "
         "Earlier stops still end with a markdown summary; deployments of single stages use it.",
     )
+    start_at: StartStage = Field(
+        "graph",
+        description="First stage to compute: stages before it are read from the lake and fail with "
+        "a clear error (naming the missing artifact) if absent, never rebuilt. 'graph' computes "
+        "everything missing. The deployments tag/embed, tag/train and tag/ensemble use it.",
+    )
+
+    @model_validator(mode="after")
+    def _start_before_stop(self) -> "PipelineConfig":
+        if STAGE_ORDER.index(self.start_at) > STAGE_ORDER.index(self.stop_after):
+            raise ValueError(f"start_at={self.start_at!r} comes after stop_after={self.stop_after!r}")
+        return self
+
+    def builds(self, stage: str) -> bool:
+        """Whether this run may compute ``stage`` (else it only reads it from the lake).
+
+        The graph is always loadable: it is derived from the raw files alone.
+        """
+        return stage == "graph" or STAGE_ORDER.index(stage) >= STAGE_ORDER.index(self.start_at)
 
     @field_validator("features", "models", "seeds")
     @classmethod

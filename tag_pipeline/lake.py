@@ -19,6 +19,7 @@ offers an atomic directory commit.)
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno as errno_module
 import hashlib
 import json
@@ -44,6 +45,35 @@ STALE_TEMP_AGE_S = 24 * 3600.0
 
 class CorruptArtifactError(RuntimeError):
     """An artifact's files do not match its manifest (missing, truncated or altered)."""
+
+
+class MissingArtifactError(FileNotFoundError):
+    """A run that may only read a stage from the lake (see :func:`lookup_only`) found no
+    committed, intact artifact for it."""
+
+
+_LOOKUP_ONLY: contextvars.ContextVar[str | None] = contextvars.ContextVar("tag_lake_lookup_only", default=None)
+
+
+@contextlib.contextmanager
+def lookup_only(reason: str = "this run reads the stage from the lake"):
+    """Within the block, :func:`find_artifact` raises :class:`MissingArtifactError` instead of
+    returning ``None``, so a stage function returns an existing artifact or fails: it never
+    computes or writes one.
+
+    Per-stage runs (``start_at`` past a stage, e.g. deployment ``tag/train``) read their
+    upstream artifacts this way; one switch here covers every stage's ``materialize_*``
+    function, which all look their artifact up with :func:`find_artifact` before building.
+    A context variable (not a global) keeps concurrent tasks and threads independent.
+
+    Args:
+        reason: said in the error, e.g. ``"start_at='train' reads features from the lake"``.
+    """
+    token = _LOOKUP_ONLY.set(reason)
+    try:
+        yield
+    finally:
+        _LOOKUP_ONLY.reset(token)
 
 
 def canonical_json(obj: Any) -> str:
@@ -135,15 +165,24 @@ def find_artifact(path: Path | str) -> Artifact | None:
 
     A corrupt artifact is moved aside (renamed ``<key>.corrupt-<time>-<random>``) so that it is
     rebuilt, never trusted and never silently deleted.
+
+    Raises:
+        MissingArtifactError: inside :func:`lookup_only`, instead of returning ``None``.
     """
     path = Path(path)
-    if not (path / MANIFEST).exists():
-        return None
-    try:
-        return read_artifact(path)
-    except CorruptArtifactError:
-        path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time())}-{uuid.uuid4().hex[:8]}"))
-        return None
+    found = None
+    if (path / MANIFEST).exists():
+        try:
+            found = read_artifact(path)
+        except CorruptArtifactError:
+            path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time())}-{uuid.uuid4().hex[:8]}"))
+    reason = _LOOKUP_ONLY.get()
+    if found is None and reason is not None:
+        raise MissingArtifactError(
+            f"{path}: no intact {path.parent.name} artifact for this configuration, and {reason}; "
+            f"run that stage first (deployment tag/full, or start_at={path.parent.name!r} or earlier)"
+        )
+    return found
 
 
 @contextlib.contextmanager

@@ -1,16 +1,103 @@
 """Thin Prefect task wrappers around the library's stage functions.
 
-Every stage task retries, caches on its inputs and its own source (``INPUTS + TASK_SOURCE``)
-and persists its (small) result, so a rerun with nothing changed is all cache hits and a
-failed flow run resumes at the failed stage. The heavy data lives in the lake; tasks pass
-artifact paths and summaries.
+Every stage task retries, caches on its inputs and its own source and persists its (small)
+result, so a rerun with nothing changed is all cache hits and a failed flow run resumes at
+the failed stage. The heavy data lives in the lake; tasks pass artifact paths and summaries.
+
+A cached result is only trusted while the lake artifacts it names are intact
+(:class:`LakeArtifactsIntact`): delete or damage ``data/lake/cora/features/...`` and the next
+run rebuilds it instead of handing a dead path downstream.
 """
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+
+from tag_pipeline import lake
+from tag_pipeline.datasets.base import DatasetError
+
+
+def _lake_paths(value: Any, root: str) -> Iterator[Path]:
+    """Every string inside ``value`` (a path, or dicts/lists of them) that lies under ``root``."""
+    if isinstance(value, str):
+        if root and Path(value).is_relative_to(root):
+            yield Path(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _lake_paths(v, root)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _lake_paths(v, root)
+
+
+def _intact(path: Path) -> bool:
+    try:
+        lake.read_artifact(path, verify=True)
+    except (FileNotFoundError, lake.CorruptArtifactError):
+        return False
+    return True
+
+
+@dataclass
+class LakeArtifactsIntact(CachePolicy):
+    """Prefect cache policy: ``base``'s key, unless the cached result points at lake artifacts
+    that are gone or fail their manifest check; then a fresh key, so the task runs again.
+
+    Prefect's own policies key on inputs and code only; they cannot know that a cached
+    ``.../features/TA-<key>`` was deleted or truncated since. Here the cached record (a path
+    or a summary dict with a ``path``) is read and each artifact it names under the task's
+    ``lake`` input is verified (sizes and sha256, as every lake reader does). A task that
+    runs again finds its artifact missing or moves the corrupt one aside and rebuilds it;
+    the record under the fresh key is a one-off, and later runs hit ``base``'s key again,
+    whose record names the same (now rebuilt) path: artifact paths are fixed by lineage.
+    """
+
+    base: CachePolicy = field(default_factory=lambda: INPUTS - "build" + TASK_SOURCE)
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
+        key = self.base.compute_key(task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters, **kwargs)
+        store = getattr(task_ctx, "result_store", None)
+        if key is None or store is None:
+            return key
+        try:
+            if not store.exists(key):
+                return key
+            cached = store.read(key).result
+        except Exception:  # an unreadable record: Prefect treats it as a miss itself
+            return key
+        root = str(inputs.get("lake") or "")
+        if any(not _intact(p) for p in _lake_paths(cached, root)):
+            return f"{key}-rebuild-{uuid.uuid4().hex}"
+        return key
+
+
+#: Failures a retry cannot fix: bad input files, a stage a lookup-only run expects in the lake.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (lake.MissingArtifactError, DatasetError)
+
+
+def worth_retrying(task, task_run, state) -> bool:
+    """``retry_condition_fn`` of the stage tasks: retry transient failures only."""
+    return not isinstance(state.result(raise_on_failure=False), PERMANENT_ERRORS)
+
 
 STAGE_TASK_OPTIONS = dict(
     retries=2,
     retry_delay_seconds=[2, 10],
-    cache_policy=INPUTS + TASK_SOURCE,
+    retry_condition_fn=worth_retrying,
+    cache_policy=LakeArtifactsIntact(),
     persist_result=True,
 )
+
+
+def reading(build: bool, stage: str):
+    """Context for a stage task: compute (``build``) or only read the lake (:func:`lake.lookup_only`)."""
+    if build:
+        return contextlib.nullcontext()
+    return lake.lookup_only(f"this run (start_at past {stage!r}) only reads {stage} from the lake")

@@ -6,18 +6,20 @@ from prefect import task
 
 from tag_pipeline.config import LMConfig
 from tag_pipeline.features.stage import materialize_prediction_feature, materialize_text_feature
-from tasks import STAGE_TASK_OPTIONS
+from tasks import STAGE_TASK_OPTIONS, reading
 
 
 @task(name="embed-text", task_run_name="embed-{feature}", **STAGE_TASK_OPTIONS)
-def embed_text(graph: str, responses: str | None, feature: str, lm: LMConfig, lake: str) -> str:
-    """Embed TA or E text with the LM; return the feature artifact path."""
-    return str(
-        materialize_text_feature(Path(graph), Path(responses) if responses else None, feature, lm, Path(lake))
-    )
+def embed_text(graph: str, responses: str | None, feature: str, lm: LMConfig, lake: str, build: bool = True) -> str:
+    """Embed TA or E text with the LM; return the feature artifact path (``build=False``: lookup only)."""
+    with reading(build, "features"):
+        return str(
+            materialize_text_feature(Path(graph), Path(responses) if responses else None, feature, lm, Path(lake))
+        )
 
 
 @task(name="build-p-feature", task_run_name="build-P-top{top_k}", **STAGE_TASK_OPTIONS)
-def build_prediction_feature(graph: str, responses: str, top_k: int, lake: str) -> str:
-    """Build the P feature (top-k ranked labels); return the feature artifact path."""
-    return str(materialize_prediction_feature(Path(graph), Path(responses), top_k, Path(lake)))
+def build_prediction_feature(graph: str, responses: str, top_k: int, lake: str, build: bool = True) -> str:
+    """Build the P feature (top-k ranked labels); return the feature artifact path (``build=False``: lookup only)."""
+    with reading(build, "features"):
+        return str(materialize_prediction_feature(Path(graph), Path(responses), top_k, Path(lake)))

@@ -7,13 +7,16 @@ from prefect import task
 from tag_pipeline.config import GNNConfig
 from tag_pipeline.ensemble import materialize_ensemble
 from tag_pipeline.train import materialize_training_run
-from tasks import STAGE_TASK_OPTIONS
+from tasks import STAGE_TASK_OPTIONS, reading
 
 
 @task(name="train-gnn", task_run_name="train-{model}-{feature}-s{seed}", **STAGE_TASK_OPTIONS)
-def train_gnn(graph: str, features: str, feature: str, model: str, seed: int, gnn: GNNConfig, lake: str) -> dict:
-    """Train one GNN on one feature and seed; return its accuracies and artifact path."""
-    return materialize_training_run(Path(graph), Path(features), feature, model, seed, gnn, Path(lake))
+def train_gnn(
+    graph: str, features: str, feature: str, model: str, seed: int, gnn: GNNConfig, lake: str, build: bool = True
+) -> dict:
+    """Train one GNN on one feature and seed; return its accuracies and artifact path (``build=False``: lookup only)."""
+    with reading(build, "train"):
+        return materialize_training_run(Path(graph), Path(features), feature, model, seed, gnn, Path(lake))
 
 
 @task(name="ensemble", task_run_name="ensemble-{model}-s{seed}", **STAGE_TASK_OPTIONS)

@@ -51,3 +51,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _final_task_runs(flow_run_id, timeout_s: float = 30.0) -> list:
+    """The flow run's task runs once the API shows every one in a final state.
+
+    Task-run states reach the server as events, asynchronously: right after a flow returns
+    the API may still show a task as Running for a moment.
+    """
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def task_states():
+    """``task_states(flow_run_id) -> {task run name: state name}`` once all are final."""
+
+    def states(flow_run_id, timeout_s: float = 30.0) -> dict[str, str]:
+        return {r.name: r.state.name for r in _final_task_runs(flow_run_id, timeout_s)}
+
+    return states
