@@ -43,7 +43,12 @@ class CustomDataConfig(_Config):
 class DatasetConfig(_Config):
     """Which dataset to load and from where."""
 
-    name: Literal["cora", "custom"] = Field("cora", description="Dataset: 'cora' or 'custom'.")
+    name: Literal["cora", "ogbn-arxiv", "pubmed", "arxiv_2023", "custom"] = Field(
+        "cora",
+        description="Dataset: one of TAPE's 'cora', 'ogbn-arxiv', 'pubmed', 'arxiv_2023' (read from "
+        "<root>/<name>; only cora has node text, see tag_pipeline.datasets.feature_availability) "
+        "or 'custom' (dataset.custom names the files).",
+    )
     root: Path = Field(
         Path("../shared/data"),
         description="Folder of the raw datasets (TAPE's layout), relative to the working directory.",

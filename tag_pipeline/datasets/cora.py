@@ -34,6 +34,9 @@ PT_NAME = "cora.pt"
 CONTENT_MEMBER = "cora/cora.content"
 CITES_MEMBER = "cora/cora.cites"
 
+#: The files :func:`load_cora` reads, relative to its root (the graph's lineage inputs).
+RAW_FILES: tuple[str, ...] = (ZIP_NAME, PT_NAME)
+
 #: Cora's classes in TAPE's label order (alphabetical): label ``c`` is ``CLASS_NAMES[c]``.
 CLASS_NAMES: tuple[str, ...] = (
     "Case_Based",

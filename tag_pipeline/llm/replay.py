@@ -8,9 +8,9 @@ run TAPE end to end without an LLM; comparing our parse (:mod:`tag_pipeline.llm.
 the csv and with the labels checks parser and node order at once (TAPE, arXiv 2305.19523,
 Table 2: zero-shot GPT-3.5 accuracy 0.6769 on Cora).
 
-ogbn-arxiv's answers come packed in one Parquet file (:func:`import_tape_responses_parquet`);
-PubMed and arxiv_2023 have only the csv, which :func:`responses_from_tape_preds` turns into a
-response table without explanations.
+ogbn-arxiv's answers come packed in one Parquet file (:func:`import_tape_responses_parquet`;
+:func:`import_recorded_responses` reads either form); PubMed and arxiv_2023 have only the csv,
+which :func:`responses_from_tape_preds` turns into a response table without explanations.
 """
 
 from __future__ import annotations
@@ -240,6 +240,53 @@ def import_tape_responses_parquet(
     return _finish_records(records, model, prompt_version)
 
 
+def import_recorded_responses(
+    path: Path,
+    class_names: Sequence[str],
+    num_nodes: int,
+    *,
+    model: str | None = None,
+    prompt_version: str | None = None,
+) -> pl.DataFrame:
+    """Read recorded answers from a folder of ``<i>.json`` files or from one packed ``.parquet``.
+
+    Dispatches on what ``path`` is: a folder goes to :func:`import_tape_responses` (TAPE's
+    ``gpt_responses/Cora``), a ``.parquet`` file to :func:`import_tape_responses_parquet`
+    (``gpt_responses/ogbn-arxiv_gpt_responses.parquet``, git blob ids verified). Nodes
+    ``0..N-1`` are read.
+
+    Args:
+        path (Path): the folder or the Parquet file.
+        class_names (Sequence[str]): the C class names in label order.
+        num_nodes (int): N.
+        model (str, optional): see :func:`import_tape_responses`. (default: ``None``)
+        prompt_version (str, optional): recorded in every row. (default: ``None``, unknown)
+
+    Returns:
+        pl.DataFrame: N rows in :data:`~tag_pipeline.llm.store.RESPONSE_SCHEMA`, sorted by
+        ``node_id``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ResponseError: ``path`` is a file but not ``.parquet``, or an answer is malformed (the
+            message names the file and row).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return import_tape_responses(
+            path, class_names, num_nodes, model=model, prompt_version=prompt_version
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder or .parquet file of recorded answers")
+    if path.suffix != ".parquet":
+        raise ResponseError(
+            f"{path}: recorded answers must be a folder of <node>.json files or a .parquet file"
+        )
+    return import_tape_responses_parquet(
+        path, class_names, num_nodes, model=model, prompt_version=prompt_version
+    )
+
+
 def read_tape_preds(
     csv_path: Path, num_nodes: int, num_classes: int | None = None
 ) -> list[list[int]]:
@@ -259,6 +306,7 @@ def read_tape_preds(
         list[list[int]]: N lists of class indices.
 
     Raises:
+        FileNotFoundError: ``csv_path`` does not exist.
         ResponseError: wrong number of lines, or a value that is not an integer (or out of
             range), naming the file and the 1-based line.
     """
@@ -269,14 +317,20 @@ def read_tape_preds(
     ]
 
 
-def _pred_lines(csv_path: Path, num_nodes: int) -> list[str]:
-    """The N stripped lines of a ``gpt_preds`` csv (one trailing newline allowed)."""
+def _pred_lines(csv_path: Path, num_nodes: int, allow_more_lines: bool = False) -> list[str]:
+    """The N stripped lines of a ``gpt_preds`` csv (one trailing newline allowed).
+
+    With ``allow_more_lines`` the file may have more lines; the first N are returned.
+    """
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: no such gpt_preds csv")
     lines = csv_path.read_text().split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    if len(lines) != num_nodes:
-        raise ResponseError(f"{csv_path}: {len(lines)} lines, expected {num_nodes} (one per node)")
-    return [line.strip() for line in lines]
+    if len(lines) < num_nodes or (len(lines) > num_nodes and not allow_more_lines):
+        expected = f"at least {num_nodes}" if allow_more_lines else f"{num_nodes}"
+        raise ResponseError(f"{csv_path}: {len(lines)} lines, expected {expected} (one per node)")
+    return [line.strip() for line in lines[:num_nodes]]
 
 
 def _parse_pred_line(
@@ -303,6 +357,7 @@ def responses_from_tape_preds(
     model: str = "gpt-3.5-turbo-0301",
     *,
     prompt_version: str | None = None,
+    allow_more_lines: bool = False,
 ) -> pl.DataFrame:
     """A response table from TAPE's extracted predictions alone (``gpt_preds/<name>.csv``).
 
@@ -321,6 +376,9 @@ def responses_from_tape_preds(
         model (str, optional): the model that answered. (default: ``"gpt-3.5-turbo-0301"``,
             TAPE's)
         prompt_version (str, optional): recorded in every row. (default: ``None``, unknown)
+        allow_more_lines (bool, optional): the csv may have more than N lines and only the first
+            N are read (a graph cut to its first N nodes, ``dataset.subset``). (default:
+            ``False``, exactly N lines)
 
     Returns:
         pl.DataFrame: N rows in :data:`~tag_pipeline.llm.store.RESPONSE_SCHEMA`, sorted by
@@ -335,7 +393,7 @@ def responses_from_tape_preds(
     csv_path = Path(csv_path)
     name = f"{csv_path.parent.name}/{csv_path.name}"
     records: list[dict[str, Any]] = []
-    for n, line in enumerate(_pred_lines(csv_path, num_nodes), start=1):
+    for n, line in enumerate(_pred_lines(csv_path, num_nodes, allow_more_lines), start=1):
         record: dict[str, Any] = {"node_id": n - 1, "model": model, "explanation": "",
                                   "source": f"replay:{name}", "prompt_version": prompt_version}
         values = _parse_pred_line(line, csv_path, n, num_classes)

@@ -8,24 +8,41 @@ import polars as pl
 
 from tag_pipeline import lake
 from tag_pipeline.config import DatasetConfig, LLMConfig
-from tag_pipeline.datasets import TAGraph, open_graph
+from tag_pipeline.datasets import BUILTIN_DATASETS, TAGraph, dataset_dir, open_graph
 
 LLM_STAGE_VERSION = 1
 RESPONSES_FILE = "responses.parquet"
 
 
-def replay_sources(dataset: DatasetConfig, llm: LLMConfig) -> tuple[Path, Path | None]:
-    """Folder of recorded answers and (optional) TAPE preds csv for a replay run.
+def replay_sources(dataset: DatasetConfig, llm: LLMConfig) -> tuple[Path | None, Path | None]:
+    """Recorded answers and TAPE's ``gpt_preds`` csv for a replay run.
+
+    For a built-in dataset (:data:`~tag_pipeline.datasets.BUILTIN_DATASETS`) the defaults are
+    TAPE's files under ``<dataset.root>/<folder>``: cora ``gpt_responses/Cora`` (a folder of
+    ``<i>.json``) and ``gpt_preds/cora.csv``; ogbn-arxiv
+    ``gpt_responses/ogbn-arxiv_gpt_responses.parquet`` (the answers packed in one file) and
+    ``gpt_preds/ogbn-arxiv.csv``; pubmed and arxiv_2023 no answers and
+    ``gpt_preds/<name>.csv``. ``llm.responses_dir`` and ``llm.preds_csv`` override them.
+
+    Returns:
+        (Path | None, Path | None): the answers (a folder of ``<i>.json`` or a ``.parquet``
+        file; ``None`` where there are none, and the replay then builds ranked labels without
+        explanations from the csv) and the csv (``None`` for a custom dataset without one).
+        At least one of the two is set.
 
     Raises:
-        ValueError: a custom dataset without ``llm.responses_dir``.
+        ValueError: a custom dataset with neither ``llm.responses_dir`` nor ``llm.preds_csv``.
     """
-    if dataset.name == "cora":
-        responses = llm.responses_dir or dataset.root / "cora" / "gpt_responses" / "Cora"
-        preds = llm.preds_csv or dataset.root / "cora" / "gpt_preds" / "cora.csv"
-        return responses, preds
-    if llm.responses_dir is None:
-        raise ValueError("llm.backend='replay' on a custom dataset needs llm.responses_dir")
+    info = BUILTIN_DATASETS.get(dataset.name)
+    if info is not None:
+        folder = dataset_dir(dataset)
+        responses = llm.responses_dir or (folder / info.responses if info.responses else None)
+        return responses, llm.preds_csv or folder / info.preds
+    if llm.responses_dir is None and llm.preds_csv is None:
+        raise ValueError(
+            "llm.backend='replay' on a custom dataset needs llm.responses_dir (recorded answers) "
+            "or llm.preds_csv (TAPE-style ranked predictions)"
+        )
     return llm.responses_dir, llm.preds_csv
 
 
@@ -114,8 +131,10 @@ def ask_llm(graph: TAGraph, llm: LLMConfig, progress: bool = True) -> tuple[pl.D
 def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConfig, lake_root: Path) -> Path:
     """Get every node's ranked labels and explanation into the response store in the lake.
 
-    ``replay`` imports TAPE's recorded GPT-3.5 answers and records the parser's agreement
-    with TAPE's ``gpt_preds``; ``online`` / ``offline`` ask the LLM (see :func:`ask_llm`).
+    ``replay`` imports TAPE's recorded GPT-3.5 answers (cora, ogbn-arxiv) and records the
+    parser's agreement with TAPE's ``gpt_preds``, or, where no answers were released (pubmed,
+    arxiv_2023), builds the table from ``gpt_preds`` alone: ranked labels, no explanations
+    (see :func:`replay_sources`); ``online`` / ``offline`` ask the LLM (see :func:`ask_llm`).
     Either way the manifest records the LLM's zero-shot top-1 accuracy and the counts of
     failed and label-less answers. An answer set is committed only when every node has an
     answer or a final (paid-for) failure.
@@ -137,12 +156,13 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
 
     graph = None  # opened (and verified) once, and only when needed
     if llm.backend == "replay":
-        responses_dir, _ = replay_sources(dataset, llm)
+        responses_dir, preds_csv = replay_sources(dataset, llm)
+        source = responses_dir if responses_dir is not None else preds_csv
         key = lake.config_hash(
             LLM_STAGE_VERSION,
             graph_path.name,
             llm.model_dump(mode="json", include={"backend", "model"}),
-            lake.files_digest([responses_dir]),
+            lake.files_digest([source]),
         )
     else:
         graph = open_graph(graph_path)
@@ -153,7 +173,11 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
     graph = graph or open_graph(graph_path)
     if llm.backend == "replay":
         df, stats = _replay(graph, dataset, llm)
-        inputs = {"graph": str(graph_path), "responses_dir": str(responses_dir)}
+        inputs = {"graph": str(graph_path)}
+        if responses_dir is not None:
+            inputs["responses_dir"] = str(responses_dir)
+        else:
+            inputs["preds_csv"] = str(preds_csv)
     else:
         df, backend_stats = ask_llm(graph, llm)
         stats = {"backend": backend_stats}
@@ -169,12 +193,39 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
     return path
 
 
-def _replay(graph, dataset: DatasetConfig, llm: LLMConfig) -> tuple[pl.DataFrame, dict]:
-    """TAPE's recorded answers for the graph's nodes, with agreement against ``gpt_preds``."""
-    from tag_pipeline.llm.replay import agreement_with_tape_preds, import_tape_responses, read_tape_preds
+def _replay(graph: TAGraph, dataset: DatasetConfig, llm: LLMConfig) -> tuple[pl.DataFrame, dict]:
+    """TAPE's recorded answers for the graph's nodes, or its ranked predictions where there are none.
+
+    With answers (a folder of ``<i>.json`` or a packed ``.parquet``, see
+    :func:`~tag_pipeline.llm.replay.import_recorded_responses`) the stats hold the parser's
+    agreement with the ``gpt_preds`` csv (``tape_preds_agreement``) when the csv exists.
+    Without (pubmed, arxiv_2023) every row comes from the csv
+    (:func:`~tag_pipeline.llm.replay.responses_from_tape_preds`: ranked labels, empty
+    explanation; an empty line is a failed row) and the stats say ``ranked_labels_only``.
+    A graph cut to its first nodes (``dataset.subset``) reads the first lines / files only.
+
+    Returns:
+        (responses in ``RESPONSE_SCHEMA``, one row per node; stats for the manifest).
+
+    Raises:
+        FileNotFoundError: the answers or (without answers) the csv do not exist.
+        ResponseError: a malformed answer or csv line (the message names the file and row).
+    """
+    from tag_pipeline.llm.replay import (
+        agreement_with_tape_preds,
+        import_recorded_responses,
+        read_tape_preds,
+        responses_from_tape_preds,
+    )
 
     responses_dir, preds_csv = replay_sources(dataset, llm)
-    df = import_tape_responses(responses_dir, graph.class_names, graph.num_nodes)
+    if responses_dir is None:
+        df = responses_from_tape_preds(
+            Path(preds_csv), graph.num_nodes, graph.num_classes, model=llm.model,
+            allow_more_lines=dataset.subset is not None,
+        )
+        return df, {"ranked_labels_only": True}
+    df = import_recorded_responses(responses_dir, graph.class_names, graph.num_nodes)
     stats: dict = {}
     if preds_csv is not None and Path(preds_csv).exists():
         n_lines = sum(1 for _ in open(preds_csv))
