@@ -23,6 +23,7 @@ from tag_pipeline.config import (
     Stage,
     StartStage,
 )
+from tag_pipeline.datasets import feature_availability
 from tasks.data import load_graph
 from tasks.features import build_prediction_feature, embed_text
 from tasks.llm import query_llm
@@ -65,12 +66,17 @@ def tag(
         ensemble=ensemble, lake=lake, stop_after=stop_after, start_at=start_at,
     )
     lake_root = str(cfg.lake)
+    why_not = feature_availability(cfg.dataset, cfg.llm)
+    missing = [f"{f} ({why_not[f]})" for f in cfg.features if why_not[f]]
+    features = [f for f in cfg.features if not why_not[f]]
+    if not features:
+        raise ValueError(f"none of the requested features is available for {cfg.dataset.name}: {'; '.join(missing)}")
     timings: dict[str, float] = {}
     paths: dict[str, str] = {}
 
     def finish(runs: list[dict]) -> dict:
         out = report(
-            cfg.dataset.name, runs, {k: round(v, 2) for k, v in timings.items()}, paths, responses, [],
+            cfg.dataset.name, runs, {k: round(v, 2) for k, v in timings.items()}, paths, responses, missing,
             lake_root, cfg.stop_after,
         )
         print(out["markdown"])
@@ -82,7 +88,7 @@ def tag(
     responses = None
     if cfg.stop_after == "graph":
         return finish([])
-    if {"E", "P"} & set(cfg.features) or cfg.stop_after == "llm":
+    if {"E", "P"} & set(features) or cfg.stop_after == "llm":
         with _timed(timings, "llm"):
             responses = query_llm(graph, cfg.dataset, cfg.llm, lake_root, build=cfg.builds("llm"))
         paths["llm responses"] = responses
@@ -91,7 +97,7 @@ def tag(
 
     feature_paths: dict[str, str] = {}
     with _timed(timings, "features"):
-        for feature in cfg.features:
+        for feature in features:
             if feature == "P":
                 feature_paths[feature] = build_prediction_feature(
                     graph, responses, cfg.llm.top_k, lake_root, build=cfg.builds("features")
@@ -104,14 +110,14 @@ def tag(
     if cfg.stop_after == "features":
         return finish([])
 
-    total = len(cfg.models) * len(cfg.seeds) * len(cfg.features)
+    total = len(cfg.models) * len(cfg.seeds) * len(features)
     progress = create_progress_artifact(progress=0.0, description=f"GNN training runs ({total})")
     runs: dict[tuple[str, int], list[dict]] = {}
     with _timed(timings, "train"):
         done = 0
         for model in cfg.models:
             for seed in cfg.seeds:
-                for feature in cfg.features:
+                for feature in features:
                     run = train_gnn(
                         graph, feature_paths[feature], feature, model, seed, cfg.gnn, lake_root,
                         build=cfg.builds("train"),
@@ -124,7 +130,7 @@ def tag(
     ensembles = []
     if cfg.stop_after != "train":
         with _timed(timings, "ensemble"):
-            if len(cfg.features) > 1:
+            if len(features) > 1:
                 for (model, seed), members in runs.items():
                     ensembles.append(ensemble_task(graph, members, model, seed, cfg.ensemble, lake_root))
     return finish([r for members in runs.values() for r in members] + ensembles)

@@ -113,6 +113,12 @@ class LMConfig(_Config):
         "for structured (online/offline) answers, whose raw text is JSON.",
     )
     device: str = Field("cpu", description="torch device for encoding.")
+    shard_size: int = Field(
+        512,
+        ge=1,
+        description="Nodes per checkpoint shard: embedding commits one shard at a time, so a killed "
+        "run redoes at most one shard. An execution detail: it does not change the features' key.",
+    )
 
 
 class GNNConfig(_Config):

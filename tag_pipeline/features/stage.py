@@ -15,7 +15,7 @@ import polars as pl
 from tag_pipeline import lake
 from tag_pipeline.config import LMConfig
 from tag_pipeline.datasets import open_graph
-from tag_pipeline.features.shards import SHARD_SIZE, embed_in_shards, remove_shards, shard_folder
+from tag_pipeline.features.shards import embed_in_shards, remove_shards, shard_folder
 from tag_pipeline.features.store import write_feature
 from tag_pipeline.features.text import encode_texts
 
@@ -65,7 +65,7 @@ def materialize_text_feature(
     lm: LMConfig,
     lake_root: Path,
     *,
-    shard_size: int = SHARD_SIZE,
+    shard_size: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Embed TA or E text of every node; commit ``[N, dim]`` float32 to the lake.
@@ -82,10 +82,10 @@ def materialize_text_feature(
         graph_path: graph artifact directory.
         responses_path: LLM responses artifact directory (needed for ``E``).
         feature: ``"TA"`` or ``"E"``.
-        lm: the encoder config (``device`` and ``batch_size`` do not enter the key).
+        lm: the encoder config (``device``, ``batch_size`` and ``shard_size`` do not enter the key).
         lake_root: root of the lake.
         shard_size: nodes per committed shard; an execution detail, not part of the key.
-            (default: :data:`~tag_pipeline.features.shards.SHARD_SIZE`, 512)
+            (default: ``lm.shard_size``, 512)
         progress: draw a progress bar over nodes.
 
     Returns:
@@ -101,7 +101,7 @@ def materialize_text_feature(
     upstream = graph_path.name if feature == "TA" else responses_path.name if responses_path else None
     key = lake.config_hash(
         FEATURE_STAGE_VERSION, feature, upstream,
-        lm.model_dump(mode="json", exclude={"device", "batch_size"} | ({"e_text"} if feature == "TA" else set())),
+        lm.model_dump(mode="json", exclude={"device", "batch_size", "shard_size"} | ({"e_text"} if feature == "TA" else set())),
     )
     path = lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"{feature}-{key}")
     shards = shard_folder(path)
@@ -110,6 +110,7 @@ def materialize_text_feature(
             remove_shards(shards)
         return path
     texts = feature_texts(graph_path, responses_path, feature, lm.e_text)
+    shard_size = lm.shard_size if shard_size is None else shard_size
 
     def encode(chunk: list[str]):
         return encode_texts(
@@ -117,11 +118,16 @@ def materialize_text_feature(
             show_progress=False,
         )
 
-    x = embed_in_shards(texts, encode, shards, shard_size=shard_size, progress=progress, desc=f"embed {feature}").x
+    sharded = embed_in_shards(texts, encode, shards, shard_size=shard_size, progress=progress, desc=f"embed {feature}")
+    x = sharded.x
     inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
     with lake.write_artifact(
         path, stage="features", config=lm, inputs=inputs, rows=x.shape[0],
-        extra={"feature": feature, "dim": int(x.shape[1]), "shard_size": shard_size},
+        extra={
+            "feature": feature, "dim": int(x.shape[1]), "shard_size": shard_size,
+            # lineage of a resumed run: shards embedded by the committing run vs found committed
+            "shards_computed": len(sharded.computed), "shards_reused": len(sharded.reused),
+        },
     ) as tmp:
         write_feature(tmp, x, feature=feature, source=lm.model)
     remove_shards(shards)
