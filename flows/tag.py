@@ -80,7 +80,7 @@ def tag(
             lake_root, cfg.stop_after,
         )
         print(out["markdown"])
-        return out
+        return out | {"timings": {k: round(v, 3) for k, v in timings.items()}}
 
     with _timed(timings, "graph"):
         graph = load_graph(cfg.dataset, cfg.seeds, lake_root)
