@@ -17,6 +17,7 @@ from tag_pipeline.config import (
     Feature,
     GNNConfig,
     LLMConfig,
+    FinetuneConfig,
     LMConfig,
     ModelName,
     PipelineConfig,
@@ -25,7 +26,7 @@ from tag_pipeline.config import (
 )
 from tag_pipeline.datasets import feature_availability
 from tasks.data import load_graph
-from tasks.features import build_prediction_feature, embed_text
+from tasks.features import build_prediction_feature, embed_text, finetune_lm
 from tasks.llm import query_llm
 from tasks.report import report
 from tasks.train import ensemble as ensemble_task
@@ -47,6 +48,8 @@ def tag(
     seeds: list[int] = [0, 1, 2, 3],
     llm: LLMConfig = LLMConfig(),
     lm: LMConfig = LMConfig(),
+    lm_modes: list[Literal["frozen", "finetuned"]] = ["frozen"],
+    finetune: FinetuneConfig = FinetuneConfig(),
     gnn: GNNConfig = GNNConfig(),
     ensemble: Literal["logits", "probs"] = "logits",
     lake: str = "data/lake",
@@ -62,7 +65,8 @@ def tag(
     paths and markdown.
     """
     cfg = PipelineConfig(
-        dataset=dataset, features=features, models=models, seeds=seeds, llm=llm, lm=lm, gnn=gnn,
+        dataset=dataset, features=features, models=models, seeds=seeds, llm=llm, lm=lm, lm_modes=lm_modes,
+        finetune=finetune, gnn=gnn,
         ensemble=ensemble, lake=lake, stop_after=stop_after, start_at=start_at,
     )
     lake_root = str(cfg.lake)
@@ -95,42 +99,52 @@ def tag(
     if cfg.stop_after == "llm":
         return finish([])
 
-    feature_paths: dict[str, str] = {}
+    # feature artifact of (encoder mode, feature, seed): P and frozen TA/E serve every seed
+    feature_paths: dict[tuple[str, str, int], str] = {}
+    build_features = cfg.builds("features")
     with _timed(timings, "features"):
         for feature in features:
             if feature == "P":
-                feature_paths[feature] = build_prediction_feature(
-                    graph, responses, cfg.llm.top_k, lake_root, build=cfg.builds("features")
-                )
+                path = build_prediction_feature(graph, responses, cfg.llm.top_k, lake_root, build=build_features)
+            elif "frozen" in cfg.lm_modes:
+                path = embed_text(graph, responses, feature, cfg.lm, lake_root, build=build_features)
             else:
-                feature_paths[feature] = embed_text(
-                    graph, responses, feature, cfg.lm, lake_root, build=cfg.builds("features")
-                )
-            paths[f"features {feature}"] = feature_paths[feature]
+                continue
+            paths[f"features {feature}"] = path
+            feature_paths.update({(mode, feature, s): path for mode in cfg.lm_modes for s in cfg.seeds})
+    if "finetuned" in cfg.lm_modes:
+        with _timed(timings, "finetune"):
+            for seed in cfg.seeds:
+                for feature in (f for f in features if f != "P"):
+                    feature_paths[("finetuned", feature, seed)] = finetune_lm(
+                        graph, responses, feature, seed, cfg.finetune, lake_root, build=build_features
+                    )
+        paths["fine-tuned features"] = str(cfg.lake / cfg.dataset.name / "features")
     if cfg.stop_after == "features":
         return finish([])
 
-    total = len(cfg.models) * len(cfg.seeds) * len(features)
+    total = len(cfg.lm_modes) * len(cfg.models) * len(cfg.seeds) * len(features)
     progress = create_progress_artifact(progress=0.0, description=f"GNN training runs ({total})")
-    runs: dict[tuple[str, int], list[dict]] = {}
+    runs: dict[tuple[str, int, str], list[dict]] = {}
     with _timed(timings, "train"):
         done = 0
-        for model in cfg.models:
-            for seed in cfg.seeds:
-                for feature in features:
-                    run = train_gnn(
-                        graph, feature_paths[feature], feature, model, seed, cfg.gnn, lake_root,
-                        build=cfg.builds("train"),
-                    )
-                    runs.setdefault((model, seed), []).append(run)
-                    done += 1
-                    update_progress_artifact(progress, progress=100.0 * done / total)
+        for mode in cfg.lm_modes:
+            for model in cfg.models:
+                for seed in cfg.seeds:
+                    for feature in features:
+                        run = train_gnn(
+                            graph, feature_paths[(mode, feature, seed)], feature, model, seed, cfg.gnn, lake_root,
+                            build=cfg.builds("train"), lm=mode,
+                        )
+                        runs.setdefault((model, seed, mode), []).append(run)
+                        done += 1
+                        update_progress_artifact(progress, progress=100.0 * done / total)
 
     paths["training runs"] = str(cfg.lake / cfg.dataset.name / "train")
     ensembles = []
     if cfg.stop_after != "train":
         with _timed(timings, "ensemble"):
             if len(features) > 1:
-                for (model, seed), members in runs.items():
-                    ensembles.append(ensemble_task(graph, members, model, seed, cfg.ensemble, lake_root))
+                for (model, seed, mode), members in runs.items():
+                    ensembles.append(ensemble_task(graph, members, model, seed, cfg.ensemble, lake_root, lm=mode))
     return finish([r for members in runs.values() for r in members] + ensembles)

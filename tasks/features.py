@@ -4,7 +4,7 @@ from pathlib import Path
 
 from prefect import task
 
-from tag_pipeline.config import LMConfig
+from tag_pipeline.config import FinetuneConfig, LMConfig
 from tag_pipeline.features.stage import materialize_prediction_feature, materialize_text_feature
 from tasks import STAGE_TASK_OPTIONS, reading
 
@@ -16,6 +16,19 @@ def embed_text(graph: str, responses: str | None, feature: str, lm: LMConfig, la
         return str(
             materialize_text_feature(Path(graph), Path(responses) if responses else None, feature, lm, Path(lake))
         )
+
+
+@task(name="finetune-lm", task_run_name="finetune-{feature}-s{seed}", **STAGE_TASK_OPTIONS)
+def finetune_lm(
+    graph: str, responses: str | None, feature: str, seed: int, finetune: FinetuneConfig, lake: str, build: bool = True
+) -> str:
+    """Fine-tune the LM on TA or E for one seed's train nodes; return the feature artifact path."""
+    from tag_pipeline.finetune import materialize_finetuned_feature
+
+    with reading(build, "features"):
+        return str(materialize_finetuned_feature(
+            Path(graph), Path(responses) if responses else None, feature, seed, finetune, Path(lake)
+        ))
 
 
 @task(name="build-p-feature", task_run_name="build-P-top{top_k}", **STAGE_TASK_OPTIONS)

@@ -43,7 +43,7 @@ def _row(table: str, first_cell: str) -> str:
 def test_metrics_frame_schema_and_rows():
     m = metrics_frame("cora", RUNS)
     assert m.schema == pl.Schema(
-        {"dataset": pl.Utf8, "model": pl.Utf8, "feature": pl.Utf8, "seed": pl.Int64,
+        {"dataset": pl.Utf8, "model": pl.Utf8, "feature": pl.Utf8, "lm": pl.Utf8, "seed": pl.Int64,
          "split": pl.Utf8, "accuracy": pl.Float64}
     )
     assert m.height == 2 * len(RUNS)
@@ -61,12 +61,12 @@ def test_metrics_frame_coerces_types_and_handles_no_runs():
     assert m["seed"].to_list() == [3, 3] and m["seed"].dtype == pl.Int64
     assert m["accuracy"].dtype == pl.Float64
     empty = metrics_frame("toy", [])
-    assert empty.height == 0 and empty.columns == ["dataset", "model", "feature", "seed", "split", "accuracy"]
+    assert empty.height == 0 and empty.columns == ["dataset", "model", "feature", "lm", "seed", "split", "accuracy"]
 
 
 def test_summary_frame_mean_and_sample_std_over_seeds():
     s = summary_frame(metrics_frame("cora", RUNS))
-    assert s.columns == ["model", "feature", "split", "mean", "std", "seeds"]
+    assert s.columns == ["model", "feature", "split", "lm", "mean", "std", "seeds"]
     got = {(r["model"], r["feature"], r["split"]): (r["mean"], r["std"], r["seeds"]) for r in s.iter_rows(named=True)}
     assert len(got) == 6
     mean, std, n = got[("gcn", "TA", "test")]
@@ -152,3 +152,22 @@ def test_materialize_report_is_idempotent_for_the_same_runs(tmp_path):
     # other runs: another key
     path3, _ = materialize_report("cora", RUNS[:2], {}, {}, tmp_path)
     assert path3 != path1 and lake.read_artifact(path3).manifest["rows"] == 4
+
+
+def test_report_shows_frozen_and_finetuned_side_by_side():
+    runs = [
+        {"model": "gcn", "feature": f, "seed": s, "val_acc": 0.8, "test_acc": acc, "lm": lm}
+        for lm, acc in (("frozen", 0.8), ("finetuned", 0.9))
+        for f in ("TA", "TAPE")
+        for s in (0, 1)
+    ]
+    m = metrics_frame("cora", runs)
+    assert set(m["lm"]) == {"frozen", "finetuned"}
+    md = render_report("cora", m, {}, {})
+    frozen = md.index("Test accuracy, frozen LM")
+    tuned = md.index("Test accuracy, fine-tuned LM")
+    assert frozen < tuned
+    assert "0.8000 ± 0.0000" in md[frozen:tuned] and "0.9000 ± 0.0000" in md[tuned:md.index("Validation")]
+    # runs without an lm field are frozen, and a single mode gets no per-mode titles
+    one = render_report("cora", metrics_frame("cora", [{**r, "lm": "frozen"} for r in runs[:4]]), {}, {})
+    assert "Test accuracy:" in one and "frozen LM" not in one

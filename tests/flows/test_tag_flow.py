@@ -65,7 +65,8 @@ def test_tag_flow_on_cora_slice_then_all_cache_hits(prefect_harness, shared_data
     out = state.result()
 
     metrics = pl.read_parquet(out["metrics"])
-    assert metrics.columns == ["dataset", "model", "feature", "seed", "split", "accuracy"]
+    assert metrics.columns == ["dataset", "model", "feature", "lm", "seed", "split", "accuracy"]
+    assert set(metrics["lm"]) == {"frozen"}
     # 3 models x (TA, E, P, TAPE) x 2 seeds x (val, test)
     assert metrics.height == 3 * 4 * 2 * 2
     assert set(metrics["feature"]) == {"TA", "E", "P", "TAPE"}

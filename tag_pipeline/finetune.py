@@ -1,0 +1,456 @@
+"""The LM stage of TAPE: fine-tune a small text encoder per seed, keep its node embeddings.
+
+TAPE (He et al., ICLR 2024, arXiv 2305.19523, Sec. 4.2) fine-tunes an LM interpreter
+(DeBERTa-base) on the train nodes of each seed, once on the original text (TA) and once on
+the LLM's explanations (E), and feeds the fine-tuned LM's node embeddings to the GNN; the LM's
+own predictions are kept too. Their recipe (``core/LMs/lm_trainer.py`` and the configs of
+XiaoxinHe/TAPE): 4 epochs, lr 2e-5, warmup over 0.6 epoch, label smoothing 0.3, dropout 0.3,
+attention dropout 0.1, classifier dropout 0.4, batch size 9, no weight decay, evaluation on
+the validation nodes and the best checkpoint kept.
+
+This module does the same for a sentence encoder (all-MiniLM-L6-v2 by default) on CPU or GPU:
+the transformer, mean pooling over tokens (as all-MiniLM-L6-v2 pools; TAPE's DeBERTa takes the
+CLS token), dropout and a linear head. :func:`finetune_node_classifier` is the pure training
+function; :func:`materialize_finetuned_feature` commits its embeddings (a feature artifact the
+GNN code reads unchanged) and LM logits to the lake.
+
+Cost, measured with ``bench/finetune_cora.py`` (Cora, seed 0, TA, 128 tokens, batch 16, one
+torch thread on a shared 2-core CPU): 384 s for one epoch (1624 train texts, then 542
+validation texts), 557 s for the whole call including the final pass over all 2708 nodes;
+validation accuracy 0.812 after that one epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from tag_pipeline.config import FINETUNE_EXECUTION_FIELDS, FinetuneConfig
+
+FINETUNE_STAGE_VERSION = 1
+#: The LM's logits in a fine-tuned feature artifact: one tensor ``logits`` ``[N, C]`` float32.
+LOGITS_FILE = "lm_logits.safetensors"
+#: Config fields that change how fast, not what, is computed: left out of the lineage key.
+EXECUTION_FIELDS = FINETUNE_EXECUTION_FIELDS
+TEXT_FEATURES = ("TA", "E")
+
+
+@dataclass
+class FinetuneResult:
+    """Outcome of one fine-tuning run.
+
+    Attributes:
+        x: ``[N, hidden]`` float32 mean-pooled embeddings of every node (before the head's
+            dropout and linear layer) under the best epoch's weights, rows in node order.
+        logits: ``[N, C]`` float32 LM logits of every node under the same weights.
+        best_epoch: 1-based epoch with the best validation accuracy (earliest on ties; the last
+            epoch where there are no validation nodes).
+        val_acc: accuracy of ``logits`` on the validation nodes, in ``[0, 1]``.
+        train_acc: accuracy of ``logits`` on the train nodes, in ``[0, 1]``.
+        history: one dict per epoch: ``epoch``, ``train_loss`` (mean smoothed cross-entropy over
+            the epoch's batches), ``val_acc``, ``lr`` (at the epoch's end), ``seconds``.
+        seconds: wall time of the whole call (tokenizing, training, inference), seconds.
+    """
+
+    x: torch.Tensor
+    logits: torch.Tensor
+    best_epoch: int
+    val_acc: float
+    train_acc: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class MeanPoolClassifier(nn.Module):
+    """Transformer encoder, mean pooling over non-padding tokens, dropout, linear head.
+
+    Args:
+        encoder: a ``transformers`` base model (``AutoModel``) returning ``last_hidden_state``.
+        num_classes: C, output logits per text.
+        classifier_dropout: dropout on the pooled vector before the head.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, classifier_dropout: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(classifier_dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, hidden]`` mean of the last hidden states over the tokens ``attention_mask`` keeps."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding [B, hidden], logits [B, C])``."""
+        z = self.embed(input_ids, attention_mask)
+        return z, self.head(self.dropout(z))
+
+
+def load_classifier(cfg: FinetuneConfig, num_classes: int) -> tuple[Any, MeanPoolClassifier]:
+    """The tokenizer and a fresh :class:`MeanPoolClassifier` on ``cfg.model`` (head initialised
+    from torch's current RNG), with ``cfg``'s dropout set in the encoder's config.
+
+    Raises:
+        OSError: the model cannot be found locally and no hub is reachable.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from tag_pipeline.features.text import resolve_model_path
+
+    path = resolve_model_path(cfg.model)
+    config = AutoConfig.from_pretrained(path)
+    # BERT/DeBERTa/RoBERTa names, then DistilBERT's
+    for name, value in (
+        ("hidden_dropout_prob", cfg.dropout), ("attention_probs_dropout_prob", cfg.attention_dropout),
+        ("dropout", cfg.dropout), ("attention_dropout", cfg.attention_dropout),
+    ):
+        if hasattr(config, name):
+            setattr(config, name, value)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path, config=config)
+    return tokenizer, MeanPoolClassifier(encoder, num_classes, cfg.classifier_dropout)
+
+
+def _pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists to the longest: ``(input_ids [B, L], attention_mask [B, L])`` int64."""
+    width = max(len(t) for t in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, t in enumerate(ids):
+        input_ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        mask[i, : len(t)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def _autocast(cfg: FinetuneConfig, device: torch.device):
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def _infer(
+    model: MeanPoolClassifier,
+    token_ids: list[list[int]],
+    nodes: np.ndarray,
+    cfg: FinetuneConfig,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings ``[len(nodes), hidden]`` and logits ``[len(nodes), C]`` (float32, CPU), rows in
+    the order of ``nodes``; batches of texts of similar length (sorted) to save padding."""
+    model.eval()
+    order = sorted(range(len(nodes)), key=lambda i: len(token_ids[nodes[i]]))
+    xs, ls = [], []
+    for start in range(0, len(order), cfg.eval_batch_size):
+        batch = order[start : start + cfg.eval_batch_size]
+        input_ids, mask = _pad([token_ids[nodes[i]] for i in batch], pad_id, device)
+        with _autocast(cfg, device):
+            z, logits = model(input_ids, mask)
+        xs.append(z.float().cpu())
+        ls.append(logits.float().cpu())
+    hidden, classes = model.head.in_features, model.head.out_features
+    x = torch.empty(len(nodes), hidden, dtype=torch.float32)
+    out = torch.empty(len(nodes), classes, dtype=torch.float32)
+    if order:
+        where = torch.tensor(order, dtype=torch.long)
+        x[where] = torch.cat(xs)
+        out[where] = torch.cat(ls)
+    return x, out
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(-1) == y).float().mean().item() if y.numel() else 0.0
+
+
+def _as_index(idx: Any, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64).reshape(-1)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(f"{name} has indices outside 0..{n - 1}")
+    return arr
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def finetune_node_classifier(
+    texts: list[str],
+    labels: np.ndarray | torch.Tensor,
+    train_idx: np.ndarray | torch.Tensor,
+    val_idx: np.ndarray | torch.Tensor,
+    num_classes: int,
+    cfg: FinetuneConfig,
+    seed: int,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune ``cfg.model`` + mean pooling + linear head on the train nodes; embed every node.
+
+    TAPE's LM stage (Sec. 4.2; recipe in :class:`FinetuneConfig`): cross-entropy with label
+    smoothing on the train nodes, AdamW, linear warm-up then linear decay
+    (``get_linear_schedule_with_warmup``), gradient clipping; after every epoch the validation
+    accuracy is measured and the best epoch's weights are kept in memory (earliest on ties).
+    With those weights every node's mean-pooled embedding and logits are computed.
+
+    **No leakage**: the labels of nodes outside ``train_idx`` are never used for the loss, and
+    the labels of ``val_idx`` only choose the epoch; ``labels`` is read at ``train_idx`` and
+    ``val_idx`` only, so other entries (test nodes) may hold anything, even ``-1``.
+
+    Written as a plain PyTorch loop rather than ``transformers.Trainer``: the Trainer needs
+    ``accelerate`` (not installed here), keeps the best checkpoint on disk rather than in
+    memory, and hides the per-epoch RNG; the loop is short and deterministic: one seed fixes the
+    head's initialisation, the order of train batches (a seeded ``torch.Generator``) and dropout
+    (torch's RNG, forked so the caller's RNG state is left untouched). On CPU two calls with the
+    same inputs, seed and thread count return identical tensors bit for bit.
+
+    Texts are tokenized once (truncated to ``cfg.max_length``); train batches are padded to
+    their longest text; evaluation and inference batches take texts sorted by length, rows are
+    returned in node order.
+
+    Args:
+        texts: N strings, one per node (``None`` or empty = the empty string).
+        labels: ``[N]`` int64 class of each node in ``0..num_classes-1`` (only train and val
+            entries are read).
+        train_idx: int64 indices of the train nodes (the loss).
+        val_idx: int64 indices of the validation nodes (model selection only; may be empty, then
+            the last epoch is kept).
+        num_classes: C.
+        cfg: the fine-tuning recipe.
+        seed: seeds the head, the batch order and dropout.
+        progress: draw a tqdm bar per epoch (train batches), with the loss.
+
+    Returns:
+        FinetuneResult: ``x`` ``[N, hidden]`` float32 (hidden = 384 for MiniLM), ``logits``
+        ``[N, C]`` float32, ``best_epoch``, ``val_acc``, ``train_acc``, ``history``, ``seconds``.
+
+    Raises:
+        ValueError: no train nodes, lengths that disagree, indices out of range, or a train or
+            val label outside ``0..num_classes-1``.
+        OSError: the model cannot be found locally and no hub is reachable.
+    """
+    t0 = time.perf_counter()
+    n = len(texts)
+    y = torch.as_tensor(labels).reshape(-1)
+    if y.shape[0] != n:
+        raise ValueError(f"{n} texts but {y.shape[0]} labels")
+    train = _as_index(train_idx, n, "train_idx")
+    val = _as_index(val_idx, n, "val_idx")
+    if train.size == 0:
+        raise ValueError("train_idx is empty: nothing to fine-tune on")
+    # the only reads of `labels`: train (loss) and val (selection)
+    y_train = y[torch.from_numpy(train)].to(torch.long)
+    y_val = y[torch.from_numpy(val)].to(torch.long)
+    for name, part in (("train", y_train), ("val", y_val)):
+        if part.numel() and (part.min() < 0 or part.max() >= num_classes):
+            raise ValueError(f"a {name} label is outside 0..{num_classes - 1}")
+    device = torch.device(cfg.device)
+    rng_devices = [device] if device.type == "cuda" else []
+
+    with _torch_threads(cfg.threads), torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        tokenizer, model = load_classifier(cfg, num_classes)
+        model.to(device)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        token_ids: list[list[int]] = tokenizer(
+            [t if t else "" for t in texts], truncation=True, max_length=cfg.max_length,
+        )["input_ids"]
+
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+        )
+        from transformers import get_linear_schedule_with_warmup
+
+        batches_per_epoch = math.ceil(train.size / cfg.batch_size)
+        steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+        total_steps = steps_per_epoch * cfg.epochs
+        scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        generator = torch.Generator().manual_seed(seed)
+        y_train_dev = y_train.to(device)
+
+        history: list[dict[str, float]] = []
+        best: dict[str, torch.Tensor] | None = None
+        best_epoch, best_val = 0, -1.0
+        for epoch in range(1, cfg.epochs + 1):
+            t_epoch = time.perf_counter()
+            model.train()
+            perm = torch.randperm(train.size, generator=generator)
+            losses = []
+            desc = f"fine-tune epoch {epoch}/{cfg.epochs}"
+            bar = tqdm(range(batches_per_epoch), desc=desc, disable=not progress, leave=False)
+            optimizer.zero_grad(set_to_none=True)
+            for b in bar:
+                pos = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                input_ids, mask = _pad([token_ids[i] for i in train[pos.numpy()]], pad_id, device)
+                with _autocast(cfg, device):
+                    _, logits = model(input_ids, mask)
+                loss = F.cross_entropy(logits.float(), y_train_dev[pos.to(device)], label_smoothing=cfg.label_smoothing)
+                scaler.scale(loss / cfg.grad_accum).backward()
+                losses.append(loss.item())
+                if (b + 1) % cfg.grad_accum == 0 or b + 1 == batches_per_epoch:
+                    if cfg.max_grad_norm > 0:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.close()
+            _, val_logits = _infer(model, token_ids, val, cfg, pad_id, device)
+            val_acc = _accuracy(val_logits, y_val)
+            history.append({
+                "epoch": epoch, "train_loss": float(np.mean(losses)), "val_acc": val_acc,
+                "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t_epoch,
+            })
+            if progress:
+                h = history[-1]
+                tqdm.write(f"{desc}: train loss {h['train_loss']:.4f}, val acc {val_acc:.4f}, {h['seconds']:.1f} s")
+            # best on validation (earliest on ties); without validation nodes, the last epoch
+            if (val.size and val_acc > best_val) or (not val.size and epoch == cfg.epochs):
+                best_epoch, best_val = epoch, val_acc
+                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        assert best is not None
+        model.load_state_dict(best)
+        x, logits = _infer(model, token_ids, np.arange(n), cfg, pad_id, device)
+    return FinetuneResult(
+        x=x,
+        logits=logits,
+        best_epoch=best_epoch,
+        val_acc=_accuracy(logits[torch.from_numpy(val)], y_val),
+        train_acc=_accuracy(logits[torch.from_numpy(train)], y_train),
+        history=history,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def finetune_key(upstream: str | None, feature: str, seed: int, cfg: FinetuneConfig) -> str:
+    """Lineage key of a fine-tuned feature: stage version, feature, upstream artifact name
+    (graph for TA, responses for E), seed and the config's result-deciding fields."""
+    fields = cfg.key_fields()
+    if feature == "TA":
+        fields.pop("e_text")
+    from tag_pipeline import lake
+
+    return lake.config_hash(FINETUNE_STAGE_VERSION, feature, upstream, seed, fields)
+
+
+def materialize_finetuned_feature(
+    graph_path: Path,
+    responses_path: Path | None,
+    feature: str,
+    seed: int,
+    cfg: FinetuneConfig,
+    lake_root: Path,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Fine-tune the LM on one seed's train nodes and commit its TA or E embeddings to the lake.
+
+    The counterpart of :func:`tag_pipeline.features.stage.materialize_text_feature` for TAPE's
+    fine-tuned LM (Sec. 4.2): the artifact holds ``features.safetensors`` (``x`` ``[N, hidden]``
+    float32) and ``index.parquet`` as :func:`~tag_pipeline.features.store.write_feature` writes
+    them, so :func:`~tag_pipeline.features.store.read_feature` and the GNN code read it
+    unchanged, plus :data:`LOGITS_FILE` (``logits`` ``[N, C]`` float32, see
+    :func:`read_lm_logits`). The manifest's extra fields: ``feature``, ``dim``, ``seed``,
+    ``num_classes``, ``best_epoch``, ``val_acc``, ``train_acc``, ``history``, ``seconds``,
+    ``lm="finetuned"``. An existing intact artifact is returned without training.
+
+    Args:
+        graph_path: graph artifact directory (text, labels and the seed's split).
+        responses_path: LLM responses artifact directory (needed for ``E``).
+        feature: ``"TA"`` or ``"E"``.
+        seed: the split (``graph.splits[seed]``) and the fine-tuning seed.
+        cfg: the recipe; ``device``, ``threads`` and ``eval_batch_size`` do not enter the key.
+        lake_root: root of the lake.
+        progress: draw progress bars.
+
+    Returns:
+        Artifact directory ``<lake>/<dataset>/features/<feature>ft-s<seed>-<key>``.
+
+    Raises:
+        ValueError: ``feature`` is not TA or E, the graph has no split for ``seed``, or see
+            :func:`tag_pipeline.features.stage.feature_texts`.
+        MissingArtifactError: inside :func:`tag_pipeline.lake.lookup_only` and not in the lake.
+        OSError: the artifact could not be written (nothing is committed).
+    """
+    from safetensors.torch import save_file
+
+    from tag_pipeline import lake
+    from tag_pipeline.datasets import open_graph
+    from tag_pipeline.features.stage import feature_texts
+    from tag_pipeline.features.store import write_feature
+
+    if feature not in TEXT_FEATURES:
+        raise ValueError(f"feature {feature!r} cannot be fine-tuned on: expected one of {TEXT_FEATURES}")
+    if feature == "E" and responses_path is None:
+        raise ValueError("the E feature needs the LLM stage's responses")
+    upstream = graph_path.name if feature == "TA" else responses_path.name
+    key = finetune_key(upstream, feature, seed, cfg)
+    path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "features", f"{feature}ft-s{seed}-{key}")
+    if lake.find_artifact(path) is not None:
+        return path
+    graph = open_graph(graph_path)
+    if seed not in graph.splits:
+        raise ValueError(f"{graph_path}: no split for seed {seed} (seeds with a split: {sorted(graph.splits)})")
+    split = graph.splits[seed]
+    texts = feature_texts(graph_path, responses_path, feature, cfg.e_text)
+    res = finetune_node_classifier(
+        texts, graph.labels, split.train, split.val, graph.num_classes, cfg, seed, progress=progress,
+    )
+    inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
+    with lake.write_artifact(
+        path, stage="features", config=cfg, inputs=inputs, rows=res.x.shape[0],
+        extra={
+            "feature": feature, "dim": int(res.x.shape[1]), "seed": seed, "num_classes": graph.num_classes,
+            "best_epoch": res.best_epoch, "val_acc": res.val_acc, "train_acc": res.train_acc,
+            "history": res.history, "seconds": res.seconds, "lm": "finetuned",
+        },
+    ) as tmp:
+        write_feature(tmp, res.x, feature=feature, source=f"{cfg.model} fine-tuned, seed {seed}")
+        save_file(
+            {"logits": res.logits.contiguous()}, str(tmp / LOGITS_FILE),
+            metadata={"feature": feature, "seed": str(seed), "shape": str(list(res.logits.shape))},
+        )
+    return path
+
+
+def read_lm_logits(directory: Path) -> torch.Tensor:
+    """The fine-tuned LM's ``[N, C]`` float32 logits from a :func:`materialize_finetuned_feature`
+    artifact, rows in node order.
+
+    Raises:
+        FileNotFoundError: the artifact has no :data:`LOGITS_FILE` (e.g. a frozen-LM feature).
+    """
+    from safetensors.torch import load_file
+
+    f = Path(directory) / LOGITS_FILE
+    if not f.exists():
+        raise FileNotFoundError(f"{f}: not a fine-tuned feature artifact (no LM logits)")
+    return load_file(str(f))["logits"]

