@@ -81,3 +81,9 @@ def task_states():
         return {r.name: r.state.name for r in _final_task_runs(flow_run_id, timeout_s)}
 
     return states
+
+
+@pytest.fixture(scope="session")
+def task_runs():
+    """``task_runs(flow_run_id) -> [TaskRun]`` once all are final (run counts, states)."""
+    return _final_task_runs

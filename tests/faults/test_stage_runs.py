@@ -42,7 +42,9 @@ def _test_accuracy(metrics: str) -> pl.DataFrame:
     )
 
 
-def test_stage_run_without_its_inputs_fails_at_once_naming_the_missing_artifact(prefect_harness, params, task_states):
+def test_stage_run_without_its_inputs_fails_at_once_naming_the_missing_artifact(
+    prefect_harness, params, task_states, task_runs
+):
     from flows.tag import tag
 
     state = tag(**params, start_at="train", stop_after="train", return_state=True)
@@ -55,16 +57,8 @@ def test_stage_run_without_its_inputs_fails_at_once_naming_the_missing_artifact(
     lake = Path(params["lake"])
     # the graph (derived from raw files) is built; nothing else is computed or written
     assert sorted(p.name for p in (lake / "cora").iterdir()) == ["graph"]
-    runs = [r for r in _final_runs(state.state_details.flow_run_id) if r.name == "query-llm-replay"]
+    runs = [r for r in task_runs(state.state_details.flow_run_id) if r.name == "query-llm-replay"]
     assert runs[0].run_count == 1  # not retried: a retry cannot make the artifact appear
-
-
-def _final_runs(flow_run_id):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
 
 def test_stage_by_stage_equals_one_full_run_and_reuses_everything_upstream(

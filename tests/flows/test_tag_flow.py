@@ -16,26 +16,6 @@ def _artifact_dirs(lake: Path) -> set[str]:
     return {str(p.relative_to(lake)) for p in lake.glob("*/*/*") if p.is_dir()}
 
 
-def _task_states(flow_run_id, timeout_s: float = 30.0) -> dict[str, str]:
-    """Task-run state names of a flow run, as the API reports them once every one is final.
-
-    Task-run states reach the server as events, asynchronously: right after a flow returns
-    the API may still show a task as Running for a moment.
-    """
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
-                return {r.name: r.state.name for r in runs}
-            time.sleep(0.5)
-
-
 def _markdown_artifacts(flow_run_id) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
@@ -49,7 +29,7 @@ def _markdown_artifacts(flow_run_id) -> list[str]:
     return [a.data for a in arts]
 
 
-def test_tag_flow_on_cora_slice_then_all_cache_hits(prefect_harness, shared_data, tmp_path):
+def test_tag_flow_on_cora_slice_then_all_cache_hits(prefect_harness, shared_data, tmp_path, task_states):
     from flows.tag import tag
 
     lake = tmp_path / "lake"
@@ -76,7 +56,7 @@ def test_tag_flow_on_cora_slice_then_all_cache_hits(prefect_harness, shared_data
     assert tape_test["accuracy"].mean() > 0.6
 
     first_run = state.state_details.flow_run_id
-    states = _task_states(first_run)
+    states = task_states(first_run)
     assert sum(name.startswith("train-") for name in states) == 3 * 3 * 2
     assert all(s == "Completed" for s in states.values()), states
     reports = _markdown_artifacts(first_run)
@@ -88,14 +68,14 @@ def test_tag_flow_on_cora_slice_then_all_cache_hits(prefect_harness, shared_data
     # Nothing changed: every stage task is a cache hit and the lake gains nothing.
     state2 = tag(**params, return_state=True)
     assert state2.is_completed()
-    states2 = _task_states(state2.state_details.flow_run_id)
+    states2 = task_states(state2.state_details.flow_run_id)
     stage_states = {n: s for n, s in states2.items() if not n.startswith("report")}
     assert stage_states and all(s == "Cached" for s in stage_states.values()), stage_states
     assert _artifact_dirs(lake) == artifacts_before
     assert pl.read_parquet(state2.result()["metrics"]).equals(metrics)
 
 
-def test_gnn_change_reuses_graph_llm_and_features(prefect_harness, shared_data, tmp_path):
+def test_gnn_change_reuses_graph_llm_and_features(prefect_harness, shared_data, tmp_path, task_states):
     from flows.tag import tag
 
     lake = tmp_path / "lake"
@@ -106,7 +86,7 @@ def test_gnn_change_reuses_graph_llm_and_features(prefect_harness, shared_data, 
     )
     tag(**base, gnn=GNNConfig(epochs=10, patience=10))
     state = tag(**base, gnn=GNNConfig(epochs=12, patience=12), return_state=True)
-    states = _task_states(state.state_details.flow_run_id)
+    states = task_states(state.state_details.flow_run_id)
     assert states["load-graph-cora"] == "Cached"
     assert states["query-llm-replay"] == "Cached"
     assert states["embed-TA"] == "Cached"
@@ -114,7 +94,7 @@ def test_gnn_change_reuses_graph_llm_and_features(prefect_harness, shared_data, 
     assert len(list((lake / "cora" / "train").iterdir())) == 4  # 2 features x 2 GNN configs
 
 
-def test_stop_after_llm_runs_only_graph_and_llm(prefect_harness, shared_data, tmp_path):
+def test_stop_after_llm_runs_only_graph_and_llm(prefect_harness, shared_data, tmp_path, task_states):
     from flows.tag import tag
 
     lake = tmp_path / "lake"
@@ -124,7 +104,7 @@ def test_stop_after_llm_runs_only_graph_and_llm(prefect_harness, shared_data, tm
     out = state.result()
     assert "stopped after the llm stage" in out["markdown"]
     assert sorted(p.name for p in (lake / "cora").iterdir()) == ["graph", "llm", "report"]
-    names = set(_task_states(state.state_details.flow_run_id))
+    names = set(task_states(state.state_details.flow_run_id))
     assert names == {"load-graph-cora", "query-llm-replay", "report"} or (
         {n.split("-")[0] for n in names} == {"load", "query", "report"}
     )

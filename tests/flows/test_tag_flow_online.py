@@ -24,24 +24,8 @@ def answers(shared_data) -> CoraAnswers:
     return CoraAnswers.load(shared_data, nodes=range(N))
 
 
-def _task_runs(flow_run_id, timeout_s: float = 30.0):
-    """The flow run's task runs once the API shows every one final (states arrive as events)."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
-                return runs
-            time.sleep(0.5)
-
-
 def test_online_llm_stage_retries_a_transient_failure_from_the_cache(
-    prefect_harness, shared_data, answers, tmp_path
+    prefect_harness, shared_data, answers, tmp_path, task_runs
 ):
     from flows.tag import tag
 
@@ -61,7 +45,7 @@ def test_online_llm_stage_retries_a_transient_failure_from_the_cache(
                       lake=str(tmp_path / "lake"), stop_after="llm")
         state = tag(**params, return_state=True)
         assert state.is_completed(), state.message
-        query = [t for t in _task_runs(state.state_details.flow_run_id) if t.name == "query-llm-online"]
+        query = [t for t in task_runs(state.state_details.flow_run_id) if t.name == "query-llm-online"]
         assert len(query) == 1 and query[0].run_count == 2  # failed once, retried once
 
         log = list(server.log)
