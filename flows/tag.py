@@ -21,10 +21,12 @@ from tag_pipeline.config import (
     LMConfig,
     ModelName,
     PipelineConfig,
+    ScaleOutConfig,
     Stage,
     StartStage,
 )
 from tag_pipeline.datasets import feature_availability
+from flows.fanout import fan_out_embedding
 from tasks.data import load_graph
 from tasks.features import build_prediction_feature, embed_text, finetune_lm
 from tasks.llm import query_llm
@@ -50,6 +52,7 @@ def tag(
     lm: LMConfig = LMConfig(),
     lm_modes: list[Literal["frozen", "finetuned"]] = ["frozen"],
     finetune: FinetuneConfig = FinetuneConfig(),
+    scale_out: ScaleOutConfig = ScaleOutConfig(),
     gnn: GNNConfig = GNNConfig(),
     ensemble: Literal["logits", "probs"] = "logits",
     lake: str = "data/lake",
@@ -66,7 +69,7 @@ def tag(
     """
     cfg = PipelineConfig(
         dataset=dataset, features=features, models=models, seeds=seeds, llm=llm, lm=lm, lm_modes=lm_modes,
-        finetune=finetune, gnn=gnn,
+        finetune=finetune, scale_out=scale_out, gnn=gnn,
         ensemble=ensemble, lake=lake, stop_after=stop_after, start_at=start_at,
     )
     lake_root = str(cfg.lake)
@@ -107,6 +110,8 @@ def tag(
             if feature == "P":
                 path = build_prediction_feature(graph, responses, cfg.llm.top_k, lake_root, build=build_features)
             elif "frozen" in cfg.lm_modes:
+                if build_features and cfg.scale_out.runner != "local":
+                    fan_out_embedding(graph, responses, feature, cfg.lm, lake_root, cfg.scale_out)
                 path = embed_text(graph, responses, feature, cfg.lm, lake_root, build=build_features)
             else:
                 continue

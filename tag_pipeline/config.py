@@ -165,6 +165,24 @@ class GNNConfig(_Config):
         return self.num_layers.get(model, 2)
 
 
+class ScaleOutConfig(_Config):
+    """Where the fan-out stages run: embedding shards as parallel tasks on a distributed engine.
+
+    ``local`` embeds shard after shard in the flow-run process. ``dask`` runs one Prefect task
+    per shard on a Dask cluster through prefect-dask's ``DaskTaskRunner``: a temporary local
+    cluster of ``n_workers`` processes, or an existing cluster at ``address`` (e.g. ``dask
+    scheduler`` on one machine and ``dask worker tcp://host:8786`` on each GPU/CPU machine;
+    every worker must see the same lake path and have the project installed).
+    """
+
+    runner: Literal["local", "dask"] = Field("local", description="'local' (in-process) or 'dask' (DaskTaskRunner).")
+    address: str | None = Field(
+        None, description="Scheduler address of an existing Dask cluster (tcp://host:8786); None = start a local one."
+    )
+    n_workers: int = Field(2, ge=1, description="Worker processes of the local Dask cluster.")
+    threads_per_worker: int = Field(1, ge=1, description="Threads per worker process of the local Dask cluster.")
+
+
 #: FinetuneConfig fields that change how fast, not what, is computed: left out of its key.
 FINETUNE_EXECUTION_FIELDS = frozenset({"device", "threads", "eval_batch_size"})
 
@@ -277,6 +295,9 @@ class PipelineConfig(_Config):
         "report shows them side by side and metrics.parquet tells them apart in its 'lm' column.",
     )
     finetune: FinetuneConfig = Field(FinetuneConfig(), description="LM fine-tuning (lm_modes 'finetuned').")
+    scale_out: ScaleOutConfig = Field(
+        ScaleOutConfig(), description="Fan-out of the embedding stage over shards (local or a Dask cluster)."
+    )
     gnn: GNNConfig = Field(GNNConfig(), description="GNN training.")
     ensemble: Literal["logits", "probs"] = Field(
         "logits", description="h_TAPE averages the feature models' logits (TAPE) or their softmax probabilities."

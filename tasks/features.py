@@ -3,9 +3,15 @@
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tag_pipeline.config import FinetuneConfig, LMConfig
-from tag_pipeline.features.stage import materialize_prediction_feature, materialize_text_feature
+from tag_pipeline.features.stage import (
+    embed_text_shard,
+    materialize_prediction_feature,
+    materialize_text_feature,
+    missing_text_shards,
+)
 from tasks import STAGE_TASK_OPTIONS, reading
 
 
@@ -16,6 +22,23 @@ def embed_text(graph: str, responses: str | None, feature: str, lm: LMConfig, la
         return str(
             materialize_text_feature(Path(graph), Path(responses) if responses else None, feature, lm, Path(lake))
         )
+
+
+@task(name="plan-shards", task_run_name="plan-shards-{feature}", cache_policy=NO_CACHE, retries=1)
+def plan_text_shards(graph: str, responses: str | None, feature: str, lm: LMConfig, lake: str) -> list[int]:
+    """Shards of the TA/E feature still to embed (``[]`` when its artifact exists)."""
+    return missing_text_shards(Path(graph), Path(responses) if responses else None, feature, lm, Path(lake))
+
+
+@task(name="embed-shard", task_run_name="embed-{feature}-shard{index}", cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=[2, 10])
+def embed_text_shard_task(graph: str, responses: str | None, feature: str, lm: LMConfig, lake: str, index: int) -> bool:
+    """Embed and commit one shard; ``True`` if computed, ``False`` if it was there.
+
+    Not cached by Prefect: the committed shard is the checkpoint, and the call is a no-op when
+    it exists.
+    """
+    return embed_text_shard(Path(graph), Path(responses) if responses else None, feature, lm, Path(lake), index)
 
 
 @task(name="finetune-lm", task_run_name="finetune-{feature}-s{seed}", **STAGE_TASK_OPTIONS)

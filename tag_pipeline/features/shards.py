@@ -30,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,11 +68,13 @@ class ShardedMatrix:
         x: ``[N, dim]`` the assembled matrix, row ``i`` for text ``i``.
         computed: indices of the shards computed by this call.
         reused: indices of the shards found committed and valid.
+        writers: ``host:pid`` of every process that embedded a shard of the result.
     """
 
     x: torch.Tensor
     computed: tuple[int, ...]
     reused: tuple[int, ...]
+    writers: tuple[str, ...] = ()
 
 
 def shard_folder(artifact_path: Path | str) -> Path:
@@ -144,6 +148,7 @@ def write_shard(folder: Path | str, index: int, x: torch.Tensor, *, start: int, 
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "texts_sha256": digest,
+        "writer": _writer(),  # which (worker) process embedded it
         "created_unix": time.time(),
         "code_version": __version__,
     }
@@ -199,6 +204,77 @@ def committed_shards(folder: Path | str) -> list[int]:
     return sorted(int(p.stem.removeprefix("shard-")) for p in folder.glob("shard-*.json"))
 
 
+def _writer() -> str:
+    """``host:pid`` of this process (at call time: a forked worker has its own pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def valid_shard(
+    folder: Path | str, index: int, start: int, stop: int, digest: str
+) -> tuple[torch.Tensor, dict[str, Any]] | None:
+    """Shard ``index`` and its manifest if it is committed, verifies, and covers rows
+    ``start:stop`` of these texts (``digest``: :func:`texts_digest`); else ``None`` (missing,
+    corrupt or stale: recompute it)."""
+    try:
+        x, m = read_shard(folder, index)
+    except FileNotFoundError:
+        return None
+    except CorruptShardError as e:
+        log.warning("recomputing a corrupt shard: %s", e)
+        return None
+    if (m.get("start"), m.get("stop"), m.get("texts_sha256")) != (start, stop, digest):
+        log.warning("recomputing shard %d of %s: it covers other rows or texts", index, folder)
+        return None
+    return x, m
+
+
+def embed_shard(
+    texts: Sequence[str | None],
+    encode: Callable[[Sequence[str | None]], torch.Tensor],
+    folder: Path | str,
+    index: int,
+    *,
+    shard_size: int = SHARD_SIZE,
+) -> bool:
+    """Compute and commit shard ``index`` alone, unless a valid one is committed.
+
+    The unit of work a distributed run fans out (one task per shard, on any worker that sees
+    the lake); :func:`embed_in_shards` then finds every shard committed and assembles them.
+    Shards are written atomically, so two workers racing on one shard both leave a whole file.
+
+    Args:
+        texts: all ``N`` texts of the feature (the shard takes rows ``index * shard_size`` on).
+        encode: as in :func:`embed_in_shards`.
+        folder: the shard folder (created if needed).
+        index: the shard, ``0 <= index < ceil(N / shard_size)``.
+        shard_size: rows per shard; must match the assembling call.
+
+    Returns:
+        ``True`` if this call computed the shard, ``False`` if it was already committed.
+
+    Raises:
+        IndexError: no such shard.
+        ValueError, OSError: as :func:`embed_in_shards`.
+    """
+    ranges = shard_ranges(len(texts), shard_size)
+    if not 0 <= index < len(ranges):
+        raise IndexError(f"shard {index} of {len(ranges)} ({len(texts)} rows, shard_size {shard_size})")
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise lake.annotate_os_error(e, folder, "cannot create the shard folder") from e
+    a, b = ranges[index]
+    digest = texts_digest(texts[a:b])
+    if valid_shard(folder, index, a, b, digest) is not None:
+        return False
+    x = encode(list(texts[a:b]))
+    if x.ndim != 2 or x.shape[0] != b - a:
+        raise ValueError(f"encode returned {tuple(x.shape)} for {b - a} texts (shard {index})")
+    write_shard(folder, index, x, start=a, stop=b, digest=digest)
+    return True
+
+
 def embed_in_shards(
     texts: Sequence[str | None],
     encode: Callable[[Sequence[str | None]], torch.Tensor],
@@ -248,19 +324,14 @@ def embed_in_shards(
     lake.remove_stale_temps(folder)
 
     parts: dict[int, torch.Tensor] = {}
+    me = _writer()
+    writers = {me}
     digests = [texts_digest(texts[a:b]) for a, b in ranges]
     for i, (a, b) in enumerate(ranges):
-        try:
-            x, m = read_shard(folder, i)
-        except FileNotFoundError:
-            continue
-        except CorruptShardError as e:
-            log.warning("recomputing a corrupt shard: %s", e)
-            continue
-        if (m.get("start"), m.get("stop"), m.get("texts_sha256")) != (a, b, digests[i]):
-            log.warning("recomputing shard %d of %s: it covers other rows or texts", i, folder)
-            continue
-        parts[i] = x
+        found = valid_shard(folder, i, a, b, digests[i])
+        if found is not None:
+            parts[i] = found[0]
+            writers.add(found[1].get("writer", "unknown"))
     reused = tuple(sorted(parts))
     if reused:
         log.info("%s: resuming, %d of %d shards already committed", folder, len(reused), len(ranges))
@@ -281,6 +352,8 @@ def embed_in_shards(
             computed.append(i)
             bar.update(b - a)
 
+    if not computed:
+        writers.discard(me)
     if not ranges:
         return ShardedMatrix(x=encode([]), computed=(), reused=())
     first = parts[0]
@@ -291,7 +364,7 @@ def embed_in_shards(
                 f"{first.dtype}; remove {folder} and run again"
             )
     x = torch.cat([parts[i] for i in range(len(ranges))])
-    return ShardedMatrix(x=x, computed=tuple(computed), reused=reused)
+    return ShardedMatrix(x=x, computed=tuple(computed), reused=reused, writers=tuple(sorted(writers)))
 
 
 def remove_shards(folder: Path | str) -> None:

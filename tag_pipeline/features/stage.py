@@ -15,7 +15,14 @@ import polars as pl
 from tag_pipeline import lake
 from tag_pipeline.config import LMConfig
 from tag_pipeline.datasets import open_graph
-from tag_pipeline.features.shards import embed_in_shards, remove_shards, shard_folder
+from tag_pipeline.features.shards import (
+    committed_shards,
+    embed_in_shards,
+    embed_shard,
+    remove_shards,
+    shard_folder,
+    shard_ranges,
+)
 from tag_pipeline.features.store import write_feature
 from tag_pipeline.features.text import encode_texts
 
@@ -58,6 +65,69 @@ def feature_texts(graph_path: Path, responses_path: Path | None, feature: str, e
     raise ValueError(f"feature {feature!r} is not a text feature (TA or E)")
 
 
+def text_feature_path(graph_path: Path, responses_path: Path | None, feature: str, lm: LMConfig, lake_root: Path) -> Path:
+    """Where the TA or E artifact of this encoder config lives: ``<lake>/<dataset>/features/<F>-<key>``.
+
+    The key hashes the stage version, the feature, the upstream artifact (graph for TA, LLM
+    answers for E) and the encoder config but for ``device``, ``batch_size`` and ``shard_size``
+    (how, not what, is computed; ``e_text`` too for TA).
+    """
+    upstream = graph_path.name if feature == "TA" else responses_path.name if responses_path else None
+    how = {"device", "batch_size", "shard_size"} | ({"e_text"} if feature == "TA" else set())
+    key = lake.config_hash(FEATURE_STAGE_VERSION, feature, upstream, lm.model_dump(mode="json", exclude=how))
+    return lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"{feature}-{key}")
+
+
+def _encoder(lm: LMConfig):
+    """``texts -> [len(texts), dim]`` float32 with the encoder of ``lm`` (no progress bar)."""
+
+    def encode(chunk: list[str]):
+        return encode_texts(
+            chunk, lm.model, max_length=lm.max_length, batch_size=lm.batch_size, device=lm.device,
+            show_progress=False,
+        )
+
+    return encode
+
+
+def missing_text_shards(
+    graph_path: Path, responses_path: Path | None, feature: str, lm: LMConfig, lake_root: Path
+) -> list[int]:
+    """Shards of the TA/E feature still to embed (``[]`` once the artifact is committed).
+
+    Cheap: reads the node count from the graph manifest and checks shard files; what a
+    distributed run fans out (:func:`embed_text_shard` per shard).
+    """
+    path = text_feature_path(graph_path, responses_path, feature, lm, lake_root)
+    if (path / lake.MANIFEST).exists():
+        return []
+    rows = int(lake.read_artifact(graph_path, verify=False).manifest["rows"])
+    folder = shard_folder(path)
+    done = set(committed_shards(folder))
+    return [i for i in range(len(shard_ranges(rows, lm.shard_size))) if i not in done]
+
+
+def embed_text_shard(
+    graph_path: Path, responses_path: Path | None, feature: str, lm: LMConfig, lake_root: Path, index: int
+) -> bool:
+    """Embed and commit one shard (``lm.shard_size`` nodes) of the TA or E feature.
+
+    For fan-out over workers: any process that sees the lake may run any shard, in any order;
+    :func:`materialize_text_feature` then assembles the committed shards (embedding any still
+    missing) into the artifact. Rows equal those of a single-process run with the same
+    ``shard_size`` and thread count.
+
+    Returns:
+        ``True`` if computed here, ``False`` if already committed.
+
+    Raises:
+        IndexError: no such shard; ValueError, OSError: see :func:`materialize_text_feature`.
+    """
+    path = text_feature_path(graph_path, responses_path, feature, lm, lake_root)
+    texts = feature_texts(graph_path, responses_path, feature, lm.e_text)
+    return embed_shard(texts, _encoder(lm), shard_folder(path), index, shard_size=lm.shard_size)
+
+
 def materialize_text_feature(
     graph_path: Path,
     responses_path: Path | None,
@@ -98,12 +168,7 @@ def materialize_text_feature(
             the reason, e.g. ``No space left on device (ENOSPC)``); committed shards are kept
             and no artifact is committed.
     """
-    upstream = graph_path.name if feature == "TA" else responses_path.name if responses_path else None
-    key = lake.config_hash(
-        FEATURE_STAGE_VERSION, feature, upstream,
-        lm.model_dump(mode="json", exclude={"device", "batch_size", "shard_size"} | ({"e_text"} if feature == "TA" else set())),
-    )
-    path = lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"{feature}-{key}")
+    path = text_feature_path(graph_path, responses_path, feature, lm, lake_root)
     shards = shard_folder(path)
     if lake.find_artifact(path) is not None:
         if shards.exists():  # killed after the commit, before the clean-up
@@ -111,14 +176,9 @@ def materialize_text_feature(
         return path
     texts = feature_texts(graph_path, responses_path, feature, lm.e_text)
     shard_size = lm.shard_size if shard_size is None else shard_size
-
-    def encode(chunk: list[str]):
-        return encode_texts(
-            chunk, lm.model, max_length=lm.max_length, batch_size=lm.batch_size, device=lm.device,
-            show_progress=False,
-        )
-
-    sharded = embed_in_shards(texts, encode, shards, shard_size=shard_size, progress=progress, desc=f"embed {feature}")
+    sharded = embed_in_shards(
+        texts, _encoder(lm), shards, shard_size=shard_size, progress=progress, desc=f"embed {feature}"
+    )
     x = sharded.x
     inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
     with lake.write_artifact(
@@ -127,6 +187,7 @@ def materialize_text_feature(
             "feature": feature, "dim": int(x.shape[1]), "shard_size": shard_size,
             # lineage of a resumed run: shards embedded by the committing run vs found committed
             "shards_computed": len(sharded.computed), "shards_reused": len(sharded.reused),
+            "shard_writers": list(sharded.writers),
         },
     ) as tmp:
         write_feature(tmp, x, feature=feature, source=lm.model)
