@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from tag_pipeline.config import GNNConfig
 from tag_pipeline.datasets.base import Split
-from tag_pipeline.models import build_model
+from tag_pipeline.models import build_model, graph_operator
 
 
 @dataclass
@@ -99,7 +99,9 @@ def _train(model_name, x, edge_index, y, split, cfg, seed, num_classes, topk, sh
         num_layers=cfg.layers_for(model_name),
         dropout=cfg.dropout,
         topk=topk,
+        adjacency=cfg.adjacency,
     )
+    edge_index = graph_operator(model_name, edge_index, x.shape[0], cfg.adjacency)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_idx, val_idx, test_idx = (torch.from_numpy(p) for p in (split.train, split.val, split.test))
     best = (-1.0, 0, None, None)  # val_acc, epoch, logits, state
@@ -209,7 +211,7 @@ def materialize_training_run(
 
     graph_path, feature_path = Path(graph_path), Path(feature_path)
     key = lake.config_hash(
-        TRAIN_STAGE_VERSION, graph_path.name, feature_path.name, model_name, seed, cfg.model_dump(exclude={"threads"})
+        TRAIN_STAGE_VERSION, graph_path.name, feature_path.name, model_name, seed, cfg.model_dump(exclude={"threads", "adjacency"})
     )
     path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "train", f"{model_name}-{feature}-s{seed}-{key}")
     if lake.find_artifact(path) is not None:

@@ -16,6 +16,7 @@ def build_gcn(
     num_layers: int,
     dropout: float,
     encoder: nn.Module | None = None,
+    normalize: bool = True,
 ) -> NodeClassifier:
     """A GCN node classifier: ``[N, in_channels]`` -> ``[N, num_classes]`` logits.
 
@@ -28,6 +29,7 @@ def build_gcn(
         num_layers=num_layers,
         out_channels=num_classes,
         dropout=dropout,
-        cached=True,
+        cached=normalize,
+        normalize=normalize,
     )
     return NodeClassifier(backbone, uses_graph=True, encoder=encoder)

@@ -148,3 +148,26 @@ def test_same_seed_same_weights():
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
         assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name", ["gcn", "sage", "mlp"])
+def test_csr_adjacency_gives_the_edge_index_outputs(name):
+    """The sparse-matrix path (GNNConfig.adjacency='csr') computes the same function."""
+    import warnings
+
+    from torch_geometric.utils import coalesce, to_undirected
+
+    from tag_pipeline.models import build_model, graph_operator
+
+    warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+    n = 300
+    edge_index = to_undirected(coalesce(torch.randint(0, n, (2, 2000), generator=torch.Generator().manual_seed(0))))
+    x = torch.randn(n, 16, generator=torch.Generator().manual_seed(1))
+    outs = {}
+    for adjacency in ("edge_index", "csr"):
+        torch.manual_seed(0)
+        model = build_model(name, 16, 5, hidden=32, num_layers=2, dropout=0.0, adjacency=adjacency).eval()
+        outs[adjacency] = model(x, graph_operator(name, edge_index, n, adjacency))
+    assert (outs["edge_index"] - outs["csr"]).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="unknown adjacency"):
+        graph_operator(name if name != "mlp" else "gcn", edge_index, n, "coo")
