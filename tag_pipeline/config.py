@@ -117,7 +117,7 @@ class LMConfig(_Config):
         "torch",
         description="How to run the encoder: 'torch' = sentence-transformers; 'onnx' = our ONNX "
         "export of the same model on ONNX Runtime (CPU only, mean-pooling models only; float32, "
-        "same vectors to |1 - cos| < 1e-6, ~1.25x faster on 2 cores; export cached under "
+        "same vectors to |1 - cos| < 1e-6, ~1.3x faster on 2 cores; export cached under "
         "$TAG_ONNX_CACHE or data/cache/onnx).",
     )
     shard_size: int = Field(

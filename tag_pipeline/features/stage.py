@@ -69,11 +69,11 @@ def text_feature_path(graph_path: Path, responses_path: Path | None, feature: st
     """Where the TA or E artifact of this encoder config lives: ``<lake>/<dataset>/features/<F>-<key>``.
 
     The key hashes the stage version, the feature, the upstream artifact (graph for TA, LLM
-    answers for E) and the encoder config but for ``device``, ``batch_size`` and ``shard_size``
-    (how, not what, is computed; ``e_text`` too for TA).
+    answers for E) and the encoder config but for ``device``, ``batch_size``, ``shard_size`` and
+    ``runtime`` (how, not what, is computed: rows agree to float rounding; ``e_text`` too for TA).
     """
     upstream = graph_path.name if feature == "TA" else responses_path.name if responses_path else None
-    how = {"device", "batch_size", "shard_size"} | ({"e_text"} if feature == "TA" else set())
+    how = {"device", "batch_size", "shard_size", "runtime"} | ({"e_text"} if feature == "TA" else set())
     key = lake.config_hash(FEATURE_STAGE_VERSION, feature, upstream, lm.model_dump(mode="json", exclude=how))
     return lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"{feature}-{key}")
 
@@ -84,7 +84,7 @@ def _encoder(lm: LMConfig):
     def encode(chunk: list[str]):
         return encode_texts(
             chunk, lm.model, max_length=lm.max_length, batch_size=lm.batch_size, device=lm.device,
-            show_progress=False,
+            show_progress=False, runtime=lm.runtime,
         )
 
     return encode

@@ -2,7 +2,8 @@
 
 TAPE (Sec. 4.2) feeds TA and E through an LM interpreter and uses the resulting node
 vectors as GNN input. This module is the frozen variant: a sentence-transformers model,
-mean-pooled, one vector per text.
+mean-pooled, one vector per text. ``runtime="onnx"`` computes the same vectors with ONNX
+Runtime (:mod:`tag_pipeline.features.onnx_encoder`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+#: Ways to run the encoder: sentence-transformers on torch, or our ONNX export on ONNX Runtime.
+RUNTIMES: tuple[str, ...] = ("torch", "onnx")
 
 
 def resolve_model_path(model: str) -> str:
@@ -53,10 +57,14 @@ def encode_texts(
     batch_size: int = 64,
     device: str = "cpu",
     show_progress: bool = True,
+    runtime: Literal["torch", "onnx"] = "torch",
 ) -> torch.Tensor:
     """Embed ``texts`` with a frozen sentence encoder.
 
     Identical texts are encoded once (LLM answers and abstracts repeat now and then).
+    ``runtime="onnx"`` runs our ONNX export of the same model with ONNX Runtime on the CPU
+    (float32; rows agree with ``"torch"`` to |1 - cos| < 1e-6, ~1.3x faster on 2 cores; see
+    :func:`tag_pipeline.features.onnx_encoder.encode_texts_onnx`).
 
     Args:
         texts: ``N`` strings; ``None`` or empty strings are encoded as the empty string.
@@ -65,14 +73,29 @@ def encode_texts(
         batch_size: texts per forward pass.
         device: torch device.
         show_progress: draw a tqdm progress bar.
+        runtime: ``"torch"`` (sentence-transformers) or ``"onnx"`` (ONNX Runtime, CPU only,
+            mean-pooling models only; exports cached under ``$TAG_ONNX_CACHE`` or
+            ``data/cache/onnx``). (default: ``"torch"``)
 
     Returns:
         ``[N, dim]`` float32 tensor (``dim`` = 384 for all-MiniLM-L6-v2), as the model's own
         pipeline leaves it (all-MiniLM-L6-v2 ends in a ``Normalize`` module: unit norm).
 
     Raises:
+        ValueError: ``runtime`` is not one of :data:`RUNTIMES`, or ``runtime="onnx"`` with a
+            device other than the CPU or a model that is not mean-pooled.
         OSError: the model cannot be found locally and no hub is reachable.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(map(repr, RUNTIMES))}; got {runtime!r}")
+    if runtime == "onnx":
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"runtime='onnx' runs on the CPU only; got device={device!r}")
+        from tag_pipeline.features.onnx_encoder import encode_texts_onnx
+
+        return encode_texts_onnx(
+            texts, model, max_length=max_length, batch_size=batch_size, show_progress=show_progress
+        )
     encoder = load_encoder(model, device)
     if len(texts) == 0:
         return torch.empty(0, encoder.get_sentence_embedding_dimension(), dtype=torch.float32)
