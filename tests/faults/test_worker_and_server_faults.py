@@ -18,6 +18,7 @@ for twice, no temporaries or partial artifacts left in the lake.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -157,6 +158,13 @@ class Stack:
 
         return _wait_until(final, timeout_s, f"flow run {flow_run_id} to finish", every_s=1.0)
 
+    def retry(self, flow_run_id: str):
+        """``prefect flow-run retry``, then wait: ``(final state, seconds from retry to end)``."""
+        start = time.monotonic()
+        self.cli("flow-run", "retry", flow_run_id)
+        state = self.wait(flow_run_id)
+        return state, time.monotonic() - start
+
     def mark_crashed(self, flow_run_id: str) -> None:
         """What Prefect's zombie detection does to a run whose process died: state Crashed."""
         from prefect.states import Crashed
@@ -257,16 +265,15 @@ def test_sigkill_worker_during_embedding_then_retry(stack, reference, shared_dat
 
     stack.mark_crashed(run)
     stack.start_worker()
-    start = time.monotonic()
-    stack.cli("flow-run", "retry", run)
-    state = stack.wait(run)
-    resume_s = time.monotonic() - start
+    state, resume_s = stack.retry(run)
     assert state.is_completed(), state.message
 
     states = stack.task_states(run)
     assert states["load-graph-cora"] == states["query-llm-replay"] == "Cached"
-    manifests = [kit.feature_content(p) | {"m": p / "manifest.json"} for p in (lake / "cora" / "features").iterdir()]
-    reused = sum(__import__("json").loads(m["m"].read_text()).get("shards_reused", 0) for m in manifests)
+    reused = sum(
+        json.loads((p / "manifest.json").read_text()).get("shards_reused", 0)
+        for p in (lake / "cora" / "features").iterdir()
+    )
     assert reused >= at_kill  # committed shards were read back, not embedded again
     assert {s: _manifest_mtimes(lake, s) for s in ("graph", "llm")} == graph_llm
     assert _feature_contents(lake, kit) == _feature_contents(reference["lake"], kit)
@@ -291,10 +298,7 @@ def test_failed_stage_then_flow_run_retry_resumes_at_that_stage(stack, reference
     )
 
     shutil.copytree(resolve_model_path("all-MiniLM-L6-v2"), model_dir)  # the model arrives
-    start = time.monotonic()
-    stack.cli("flow-run", "retry", run)
-    state = stack.wait(run)
-    resume_s = time.monotonic() - start
+    state, resume_s = stack.retry(run)
     assert state.is_completed(), state.message
     states = stack.task_states(run)
     assert states["load-graph-cora"] == states["query-llm-replay"] == "Cached"
@@ -359,10 +363,7 @@ def test_sigkill_worker_during_llm_stage_then_retry_pays_for_no_answer_twice(sta
 
         stack.mark_crashed(run)
         stack.start_worker()
-        start = time.monotonic()
-        stack.cli("flow-run", "retry", run)
-        state = stack.wait(run)
-        resume_s = time.monotonic() - start
+        state, resume_s = stack.retry(run)
         assert state.is_completed(), state.message
         log = list(server.log)
     finally:
