@@ -479,7 +479,7 @@ def encode_texts_onnx(
         ValueError: the model's pipeline is not mean pooling (see :func:`read_sentence_pipeline`).
         RuntimeError: the export cannot be written or does not verify.
     """
-    from tag_pipeline.features.text import resolve_model_path
+    from tag_pipeline.features.text import resolve_model_path, unique_texts
 
     model_dir = Path(resolve_model_path(model))
     if not model_dir.is_dir():
@@ -497,9 +497,8 @@ def encode_texts_onnx(
     tokenizer = load_tokenizer(str(model_dir))
     names = [i.name for i in session.get_inputs()]
 
-    clean = [t if t else "" for t in texts]
-    unique, inverse = np.unique(np.array(clean, dtype=object), return_inverse=True)
-    tokens = tokenizer(list(unique), truncation=True, max_length=max_length, padding=False)
+    unique, inverse = unique_texts(texts)
+    tokens = tokenizer(unique, truncation=True, max_length=max_length, padding=False)
     ids = tokens["input_ids"]
     types = tokens.get("token_type_ids")
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
@@ -542,4 +541,4 @@ def encode_texts_onnx(
                 bar.update(len(rows))
     if bar is not None:
         bar.close()
-    return torch.from_numpy(np.ascontiguousarray(out[inverse.reshape(-1)]))
+    return torch.from_numpy(np.ascontiguousarray(out[inverse]))

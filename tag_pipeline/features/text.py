@@ -22,6 +22,14 @@ MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 RUNTIMES: tuple[str, ...] = ("torch", "onnx")
 
 
+def unique_texts(texts: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
+    """De-duplicate texts for encoding: ``(unique, inverse)`` with ``unique[inverse[i]]`` the text
+    of row ``i`` (``None`` and ``""`` become ``""``); ``inverse`` is ``[N]`` int64."""
+    clean = [t if t else "" for t in texts]
+    unique, inverse = np.unique(np.array(clean, dtype=object), return_inverse=True)
+    return list(unique), inverse.reshape(-1)
+
+
 def resolve_model_path(model: str) -> str:
     """Resolve a model name to something ``SentenceTransformer`` can open without a hub.
 
@@ -99,11 +107,10 @@ def encode_texts(
     encoder = load_encoder(model, device)
     if len(texts) == 0:
         return torch.empty(0, encoder.get_sentence_embedding_dimension(), dtype=torch.float32)
-    clean = [t if t else "" for t in texts]
-    unique, inverse = np.unique(np.array(clean, dtype=object), return_inverse=True)
+    unique, inverse = unique_texts(texts)
     encoder.max_seq_length = max_length
     emb = encoder.encode(
-        list(unique),
+        unique,
         batch_size=batch_size,
         show_progress_bar=show_progress,
         convert_to_numpy=True,
