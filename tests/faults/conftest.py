@@ -73,6 +73,14 @@ def feature_content(artifact: Path) -> dict[str, object]:
     }
 
 
+def manifest_mtimes(lake: Path, stage: str, dataset: str = "cora") -> dict[str, int]:
+    """``{artifact name: its manifest's mtime (ns)}`` for one stage: rewritten or not ({} if none)."""
+    folder = lake / dataset / stage
+    if not folder.exists():
+        return {}
+    return {p.name: (p / "manifest.json").stat().st_mtime_ns for p in folder.iterdir() if (p / "manifest.json").exists()}
+
+
 def temp_leftovers(root: Path) -> list[str]:
     """Every ``.tmp-*`` file or directory anywhere under ``root`` (relative paths)."""
     return sorted(str(p.relative_to(root)) for p in root.rglob(".tmp-*"))
@@ -91,6 +99,7 @@ class Kit:
     data_digests = staticmethod(data_digests)
     feature_content = staticmethod(feature_content)
     temp_leftovers = staticmethod(temp_leftovers)
+    manifest_mtimes = staticmethod(manifest_mtimes)
 
 
 @pytest.fixture(scope="session")

@@ -27,14 +27,6 @@ def params(shared_data, tmp_path) -> dict:
     )
 
 
-def _dirs(lake: Path, stage: str) -> dict[str, int]:
-    """Artifact directories of one stage and their manifests' mtime (ns): rewritten or not."""
-    folder = lake / "cora" / stage
-    if not folder.exists():
-        return {}
-    return {p.name: (p / "manifest.json").stat().st_mtime_ns for p in folder.iterdir() if (p / "manifest.json").exists()}
-
-
 def _test_accuracy(metrics: str) -> pl.DataFrame:
     return (
         pl.read_parquet(metrics).filter(pl.col("split") == "test").select("model", "feature", "seed", "accuracy")
@@ -62,30 +54,30 @@ def test_stage_run_without_its_inputs_fails_at_once_naming_the_missing_artifact(
 
 
 def test_stage_by_stage_equals_one_full_run_and_reuses_everything_upstream(
-    prefect_harness, params, task_states, tmp_path
+    prefect_harness, params, task_states, tmp_path, kit
 ):
     from flows.tag import tag
 
     lake = Path(params["lake"])
     tag(**params, stop_after="features")  # tag/llm then tag/embed
-    features = _dirs(lake, "features")
-    assert len(features) == 2 and not _dirs(lake, "train")
+    features = kit.manifest_mtimes(lake, "features")
+    assert len(features) == 2 and not kit.manifest_mtimes(lake, "train")
 
     train = tag(**params, start_at="train", stop_after="train", return_state=True)  # tag/train
     assert train.is_completed(), train.message
     states = task_states(train.state_details.flow_run_id)
     assert states["train-gcn-TA-s0"] == states["train-gcn-P-s0"] == "Completed"
     assert states["embed-TA"] == "Cached" and not any(n.startswith("ensemble") for n in states)
-    assert _dirs(lake, "features") == features  # read, not rewritten
-    trained = _dirs(lake, "train")
-    assert len(trained) == 2 and not _dirs(lake, "ensemble")
+    assert kit.manifest_mtimes(lake, "features") == features  # read, not rewritten
+    trained = kit.manifest_mtimes(lake, "train")
+    assert len(trained) == 2 and not kit.manifest_mtimes(lake, "ensemble")
 
     ens = tag(**params, start_at="ensemble", return_state=True)  # tag/ensemble
     assert ens.is_completed(), ens.message
     states = task_states(ens.state_details.flow_run_id)
     assert states["ensemble-gcn-s0"] == "Completed"
     assert {states["train-gcn-TA-s0"], states["train-gcn-P-s0"]} == {"Cached"}
-    assert _dirs(lake, "train") == trained and len(_dirs(lake, "ensemble")) == 1
+    assert kit.manifest_mtimes(lake, "train") == trained and len(kit.manifest_mtimes(lake, "ensemble")) == 1
 
     # the same numbers as one uninterrupted run in another lake
     full = tag(**(params | {"lake": str(tmp_path / "lake-full")}))
@@ -94,7 +86,7 @@ def test_stage_by_stage_equals_one_full_run_and_reuses_everything_upstream(
     # another ensemble mode from the same training runs: no retraining
     probs = tag(**params, start_at="ensemble", ensemble="probs", return_state=True)
     assert probs.is_completed()
-    assert _dirs(lake, "train") == trained and len(_dirs(lake, "ensemble")) == 2
+    assert kit.manifest_mtimes(lake, "train") == trained and len(kit.manifest_mtimes(lake, "ensemble")) == 2
 
 
 def test_cached_result_naming_a_deleted_or_damaged_artifact_is_rebuilt(prefect_harness, params, task_states, kit):

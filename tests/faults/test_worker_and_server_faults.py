@@ -238,10 +238,6 @@ def _feature_contents(lake: Path, kit) -> dict[str, dict]:
     return {p.name: kit.feature_content(p) for p in sorted((lake / "cora" / "features").iterdir())}
 
 
-def _manifest_mtimes(lake: Path, stage: str) -> dict[str, int]:
-    return {p.name: (p / "manifest.json").stat().st_mtime_ns for p in (lake / "cora" / stage).iterdir()}
-
-
 def _assert_clean(lake: Path, kit) -> None:
     """No temporaries, no shard folders, no corrupt or partial artifacts left in the lake."""
     assert kit.temp_leftovers(lake) == []
@@ -261,7 +257,7 @@ def test_sigkill_worker_during_embedding_then_retry(stack, reference, shared_dat
     killed = stack.kill_worker()
     at_kill = _committed_shards(lake)
     assert len(killed) >= 2  # the worker and its flow-run process
-    graph_llm = {s: _manifest_mtimes(lake, s) for s in ("graph", "llm")}
+    graph_llm = {s: kit.manifest_mtimes(lake, s) for s in ("graph", "llm")}
 
     stack.mark_crashed(run)
     stack.start_worker()
@@ -275,7 +271,7 @@ def test_sigkill_worker_during_embedding_then_retry(stack, reference, shared_dat
         for p in (lake / "cora" / "features").iterdir()
     )
     assert reused >= at_kill  # committed shards were read back, not embedded again
-    assert {s: _manifest_mtimes(lake, s) for s in ("graph", "llm")} == graph_llm
+    assert {s: kit.manifest_mtimes(lake, s) for s in ("graph", "llm")} == graph_llm
     assert _feature_contents(lake, kit) == _feature_contents(reference["lake"], kit)
     assert _metrics(lake).equals(reference["metrics"])
     _assert_clean(lake, kit)
@@ -316,7 +312,7 @@ def test_server_killed_and_restarted_mid_run_keeps_work_and_resumes(stack, refer
     run = stack.run("tag/full", _params(shared_data, lake))
     _wait_until(lambda: _committed_shards(lake) >= 2, 300, "two committed embedding shards")
     stack.kill_server()
-    graph_llm = {s: _manifest_mtimes(lake, s) for s in ("graph", "llm")}
+    graph_llm = {s: kit.manifest_mtimes(lake, s) for s in ("graph", "llm")}
     down_at = time.monotonic()
     time.sleep(3)
     stack.start_server()
@@ -327,11 +323,10 @@ def test_server_killed_and_restarted_mid_run_keeps_work_and_resumes(stack, refer
     how = "finished on its own"
     if not state.is_completed():  # the run died with the server: resume it
         how = f"ended {state.name}, then flow-run retry"
-        stack.cli("flow-run", "retry", run)
-        state = stack.wait(run)
+        state, _ = stack.retry(run)
     resume_s = time.monotonic() - start
     assert state.is_completed(), state.message
-    assert {s: _manifest_mtimes(lake, s) for s in ("graph", "llm")} == graph_llm  # kept, not redone
+    assert {s: kit.manifest_mtimes(lake, s) for s in ("graph", "llm")} == graph_llm  # kept, not redone
     assert _feature_contents(lake, kit) == _feature_contents(reference["lake"], kit)
     assert _metrics(lake).equals(reference["metrics"])
     _assert_clean(lake, kit)
