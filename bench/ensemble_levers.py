@@ -13,7 +13,8 @@ For MLP, GCN and SAGE and every seed of the newest report in the lake that cover
 Every choice uses validation labels only; test accuracy is reported, never used. Nothing is
 trained or cached: it only reads the logits of the training artifacts.
 
-    python bench/ensemble_levers.py [--lake data/lake] [--dataset cora] [--threads 1]
+    python bench/ensemble_levers.py [--lake data/lake] [--dataset cora] [--threads 1] \
+        [--lm frozen|finetuned] [--models mlp gcn sage revgat]
 
 Prints a table (mean ± sample std over seeds; Δ = paired test difference vs TAPE's logits
 average) and, as the last line, one JSON object with every number.
@@ -53,9 +54,12 @@ LABELS = {
 }
 
 
-def newest_covering_report(lake_root: Path, dataset: str) -> tuple[Path, dict[str, str]]:
-    """The most recent report artifact whose ``inputs`` cover MODELS x FEATURES x SEEDS."""
-    needed = {f"{m}-{f}-s{s}" for m in MODELS for f in FEATURES for s in SEEDS}
+def newest_covering_report(
+    lake_root: Path, dataset: str, models: tuple[str, ...] = MODELS, suffix: str = ""
+) -> tuple[Path, dict[str, str]]:
+    """The most recent report artifact whose ``inputs`` cover models x FEATURES x SEEDS
+    (``suffix`` ``"-ft"``: the runs on fine-tuned LM features)."""
+    needed = {f"{m}-{f}-s{s}{suffix}" for m in models for f in FEATURES for s in SEEDS}
     reports = []
     for mpath in (lake_root / dataset / "report").glob("*/manifest.json"):
         manifest = json.loads(mpath.read_text())
@@ -111,14 +115,19 @@ def main() -> None:
     parser.add_argument("--lake", type=Path, default=Path("data/lake"))
     parser.add_argument("--dataset", default="cora")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: small sparse ops on busy cores)")
+    parser.add_argument("--lm", choices=["frozen", "finetuned"], default="frozen",
+                        help="the runs on frozen or on fine-tuned LM features (TA, E)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
     args = parser.parse_args()
+    models = tuple(args.models)
+    suffix = "-ft" if args.lm == "finetuned" else ""
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
 
-    report_path, inputs = newest_covering_report(args.lake, args.dataset)
+    report_path, inputs = newest_covering_report(args.lake, args.dataset, models, suffix)
     runs = {
-        (m, f, s): resolve(args.lake, args.dataset, "train", inputs[f"{m}-{f}-s{s}"])
-        for m in MODELS for f in FEATURES for s in SEEDS
+        (m, f, s): resolve(args.lake, args.dataset, "train", inputs[f"{m}-{f}-s{s}{suffix}"])
+        for m in models for f in FEATURES for s in SEEDS
     }
     graphs = {lake.read_artifact(p).manifest["inputs"]["graph"] for p in runs.values()}  # verifies files
     if len(graphs) != 1:
@@ -128,15 +137,15 @@ def main() -> None:
     y = torch.from_numpy(graph.labels).long()
     edge_index = torch.from_numpy(graph.edge_index).long()
 
-    per_seed: dict[str, dict[int, dict]] = {m: {} for m in MODELS}
-    for m in MODELS:
+    per_seed: dict[str, dict[int, dict]] = {m: {} for m in models}
+    for m in models:
         for s in SEEDS:
             outs = {f: read_logits(runs[(m, f, s)]) for f in FEATURES}
             per_seed[m][s] = evaluate_seed(outs, y, graph.splits[s], edge_index)
     seconds = time.perf_counter() - t0
 
     results: dict[str, dict[str, dict]] = {}
-    for m in MODELS:
+    for m in models:
         results[m] = {}
         tape = [per_seed[m][s]["acc"]["TAPE_logits_avg"]["test"] for s in SEEDS]
         for meth in METHODS:
@@ -160,7 +169,7 @@ def main() -> None:
     header = f"| {'model':5} | {'method':26} | {'val':15} | {'test':15} | {'Δtest vs TAPE':17} | W/T/L |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for m in MODELS:
+    for m in models:
         for meth in METHODS:
             r = results[m][meth]
             wtl = "/".join(map(str, r["test_wins_ties_losses_vs_tape"]))
@@ -169,7 +178,7 @@ def main() -> None:
                   f"{r['delta_test_vs_tape_std']:.4f} | {wtl:5} |")
     print()
     print("# choices made on validation (weights in the order TA, E, P)")
-    for m in MODELS:
+    for m in models:
         for s in SEEDS:
             c = per_seed[m][s]["choices"]
             cs = {k: c[k] for k in ("cs_probs_avg", "cs_best_val_ensemble")}
@@ -180,9 +189,9 @@ def main() -> None:
                   f"C&S(best): {fmt['cs_best_val_ensemble']}")
     print(f"# {seconds:.1f} s")
     print(json.dumps({
-        "bench": "ensemble_levers", "dataset": args.dataset, "report": str(report_path), "graph": str(graph_path),
+        "bench": "ensemble_levers", "dataset": args.dataset, "lm": args.lm, "report": str(report_path), "graph": str(graph_path),
         "seeds": list(SEEDS), "std": "sample (ddof=1) over seeds", "results": results,
-        "choices": {m: {str(s): per_seed[m][s]["choices"] for s in SEEDS} for m in MODELS},
+        "choices": {m: {str(s): per_seed[m][s]["choices"] for s in SEEDS} for m in models},
         "seconds": round(seconds, 2),
     }))
 

@@ -7,7 +7,7 @@ accuracy and wall time, then one JSON line per (feature, seed). Test accuracy of
 logits is printed for the record only; nothing is chosen on it.
 
     python bench/finetune_cora.py --seeds 0 --features TA --max-length 128 --epochs 4 \
-        [--lake data/lake] [--root ../shared/data] [--subset N] [--threads 2]
+        [--trainable-layers K] [--lake data/lake] [--root ../shared/data] [--subset N] [--threads 2]
 
 E needs the LLM stage's replayed answers (committed to the lake here if missing).
 """
@@ -44,13 +44,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=FinetuneConfig().epochs)
     parser.add_argument("--lr", type=float, default=FinetuneConfig().lr)
     parser.add_argument("--batch-size", type=int, default=FinetuneConfig().batch_size)
+    parser.add_argument("--trainable-layers", type=int, default=None,
+                        help="fine-tune only the top k layers (default: all, TAPE)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     cfg = FinetuneConfig(
         max_length=args.max_length, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        threads=args.threads, device=args.device,
+        threads=args.threads, device=args.device, trainable_layers=args.trainable_layers,
     )
     dataset = DatasetConfig(root=args.root, subset=args.subset)
     graph_path = materialize_graph(dataset, args.seeds, args.lake)
@@ -75,7 +77,7 @@ def main() -> None:
             print(json.dumps({
                 "feature": feature, "seed": seed, "nodes": graph.num_nodes,
                 "train_nodes": int(graph.splits[seed].train.size), "max_length": cfg.max_length,
-                "epochs": cfg.epochs, "seconds": round(m["seconds"], 1),
+                "epochs": cfg.epochs, "trainable_layers": cfg.trainable_layers, "seconds": round(m["seconds"], 1),
                 "seconds_per_epoch": [round(h["seconds"], 1) for h in m["history"]],
                 "val_acc_per_epoch": [round(h["val_acc"], 4) for h in m["history"]],
                 "best_epoch": m["best_epoch"], "val_acc": round(m["val_acc"], 4),

@@ -87,16 +87,109 @@ class MeanPoolClassifier(nn.Module):
         self.dropout = nn.Dropout(classifier_dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, hidden]`` mean of the last hidden states over the tokens ``attention_mask`` keeps."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def embed(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, hidden]`` mean of the last hidden states over the tokens ``attention_mask`` keeps.
+
+        Takes token ids ``[B, L]`` int64, or, once :func:`split_encoder` has cut the encoder,
+        the frozen layers' hidden states ``inputs_embeds`` ``[B, L, hidden]`` float32.
+        """
+        hidden = self.encoder(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+        ).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(embedding [B, hidden], logits [B, C])``."""
-        z = self.embed(input_ids, attention_mask)
+        z = self.embed(input_ids, attention_mask, inputs_embeds)
         return z, self.head(self.dropout(z))
+
+
+class _CachedStates(nn.Module):
+    """Stands in for the embedding layer of an encoder whose bottom layers already ran: hands
+    their cached hidden states (``inputs_embeds``) to the remaining layers unchanged."""
+
+    def forward(self, input_ids: Any = None, inputs_embeds: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        if inputs_embeds is None:
+            raise ValueError("the encoder was split (trainable_layers): pass the frozen layers' states")
+        return inputs_embeds
+
+
+def _layer_list(encoder: nn.Module) -> nn.ModuleList:
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or not hasattr(encoder, "embeddings"):
+        raise ValueError(
+            f"trainable_layers needs a BERT-style encoder (.embeddings and .encoder.layer); "
+            f"{type(encoder).__name__} has not: leave trainable_layers unset"
+        )
+    return layers
+
+
+@torch.no_grad()
+def split_encoder(
+    model: MeanPoolClassifier,
+    token_ids: list[list[int]],
+    trainable_layers: int,
+    pad_id: int,
+    device: torch.device,
+    batch_size: int = 64,
+) -> list[torch.Tensor]:
+    """Run the frozen bottom layers once over every text, then cut them off ``model``.
+
+    The encoder's embeddings and its bottom ``L - trainable_layers`` layers run in eval mode (no
+    dropout, no gradients) over texts sorted by length; afterwards ``model.encoder`` keeps only
+    its top ``trainable_layers`` layers behind a stand-in for the embeddings that passes
+    ``inputs_embeds`` through, so ``model(attention_mask=m, inputs_embeds=states)`` computes
+    what the whole model would on those texts. Freezing lower layers is a standard cheap
+    variant of fine-tuning (e.g. Lee et al., "What would Elsa do? Freezing layers during
+    transformer fine-tuning", 2019); with a cache of the frozen outputs an epoch only pays for
+    the top layers.
+
+    Args:
+        model: a :class:`MeanPoolClassifier` on a BERT-style encoder with L layers.
+        token_ids: N token id lists (already truncated).
+        trainable_layers: k, 1 <= k < L.
+        pad_id: padding token id.
+        device: where the layers run.
+        batch_size: texts per forward pass.
+
+    Returns:
+        N float32 CPU tensors ``[len(token_ids[i]), hidden]``: the hidden states after layer
+        ``L - k`` (padding stripped). Memory: total tokens x hidden x 4 bytes.
+
+    Raises:
+        ValueError: the encoder is not BERT-style, or k is not in ``1..L-1``.
+    """
+    layers = _layer_list(model.encoder)
+    n_layers = len(layers)
+    if not 1 <= trainable_layers < n_layers:
+        raise ValueError(f"trainable_layers must be in 1..{n_layers - 1} for this {n_layers}-layer encoder, got {trainable_layers}")
+    cut = n_layers - trainable_layers
+    was_training = model.training
+    model.eval()
+    model.encoder.encoder.layer = nn.ModuleList(list(layers)[:cut])
+    states: list[torch.Tensor] = [torch.empty(0)] * len(token_ids)
+    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        input_ids, mask = _pad([token_ids[i] for i in batch], pad_id, device)
+        hidden = model.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float().cpu()
+        for row, i in enumerate(batch):
+            states[i] = hidden[row, : len(token_ids[i])].clone()
+    model.encoder.encoder.layer = nn.ModuleList(list(layers)[cut:])
+    model.encoder.embeddings = _CachedStates()
+    model.train(was_training)
+    return states
 
 
 def load_classifier(cfg: FinetuneConfig, num_classes: int) -> tuple[Any, MeanPoolClassifier]:
@@ -136,6 +229,26 @@ def _pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch
     return input_ids.to(device), mask.to(device)
 
 
+def _batcher(
+    token_ids: list[list[int]], states: list[torch.Tensor] | None, pad_id: int, device: torch.device
+):
+    """``rows -> (model inputs, attention_mask [B, L] int64)``: padded token ids, or padded
+    frozen-layer states ``[B, L, hidden]`` when the encoder was split."""
+
+    def batch_of(rows: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if states is None:
+            input_ids, mask = _pad([token_ids[i] for i in rows], pad_id, device)
+            return {"input_ids": input_ids}, mask
+        seqs = [states[i] for i in rows]
+        x = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        mask = torch.zeros(x.shape[:2], dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            mask[row, : seq.shape[0]] = 1
+        return {"inputs_embeds": x.to(device)}, mask.to(device)
+
+    return batch_of
+
+
 def _autocast(cfg: FinetuneConfig, device: torch.device):
     if cfg.precision == "fp32":
         return contextlib.nullcontext()
@@ -149,7 +262,7 @@ def _infer(
     token_ids: list[list[int]],
     nodes: np.ndarray,
     cfg: FinetuneConfig,
-    pad_id: int,
+    batch_of: Any,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings ``[len(nodes), hidden]`` and logits ``[len(nodes), C]`` (float32, CPU), rows in
@@ -159,9 +272,9 @@ def _infer(
     xs, ls = [], []
     for start in range(0, len(order), cfg.eval_batch_size):
         batch = order[start : start + cfg.eval_batch_size]
-        input_ids, mask = _pad([token_ids[nodes[i]] for i in batch], pad_id, device)
+        inputs, mask = batch_of([nodes[i] for i in batch])
         with _autocast(cfg, device):
-            z, logits = model(input_ids, mask)
+            z, logits = model(attention_mask=mask, **inputs)
         xs.append(z.float().cpu())
         ls.append(logits.float().cpu())
     hidden, classes = model.head.in_features, model.head.out_features
@@ -276,6 +389,13 @@ def finetune_node_classifier(
         token_ids: list[list[int]] = tokenizer(
             [t if t else "" for t in texts], truncation=True, max_length=cfg.max_length,
         )["input_ids"]
+        states = None
+        if cfg.trainable_layers is not None and cfg.trainable_layers < len(_layer_list(model.encoder)):
+            t_frozen = time.perf_counter()
+            states = split_encoder(model, token_ids, cfg.trainable_layers, pad_id, device, cfg.eval_batch_size)
+            if progress:
+                tqdm.write(f"frozen bottom layers over {n} texts: {time.perf_counter() - t_frozen:.1f} s")
+        batch_of = _batcher(token_ids, states, pad_id, device)
 
         no_decay = [p for p in model.parameters() if p.ndim < 2]
         decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -306,9 +426,9 @@ def finetune_node_classifier(
             optimizer.zero_grad(set_to_none=True)
             for b in bar:
                 pos = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                input_ids, mask = _pad([token_ids[i] for i in train[pos.numpy()]], pad_id, device)
+                inputs, mask = batch_of(train[pos.numpy()])
                 with _autocast(cfg, device):
-                    _, logits = model(input_ids, mask)
+                    _, logits = model(attention_mask=mask, **inputs)
                 loss = F.cross_entropy(logits.float(), y_train_dev[pos.to(device)], label_smoothing=cfg.label_smoothing)
                 scaler.scale(loss / cfg.grad_accum).backward()
                 losses.append(loss.item())
@@ -322,7 +442,7 @@ def finetune_node_classifier(
                     optimizer.zero_grad(set_to_none=True)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             bar.close()
-            _, val_logits = _infer(model, token_ids, val, cfg, pad_id, device)
+            _, val_logits = _infer(model, token_ids, val, cfg, batch_of, device)
             val_acc = _accuracy(val_logits, y_val)
             history.append({
                 "epoch": epoch, "train_loss": float(np.mean(losses)), "val_acc": val_acc,
@@ -338,7 +458,7 @@ def finetune_node_classifier(
 
         assert best is not None
         model.load_state_dict(best)
-        x, logits = _infer(model, token_ids, np.arange(n), cfg, pad_id, device)
+        x, logits = _infer(model, token_ids, np.arange(n), cfg, batch_of, device)
     return FinetuneResult(
         x=x,
         logits=logits,

@@ -12,7 +12,7 @@ from tag_pipeline import lake
 REPORT_STAGE_VERSION = 1
 METRICS_FILE = "metrics.parquet"
 REPORT_FILE = "report.md"
-MODEL_ORDER = ("mlp", "gcn", "sage")
+MODEL_ORDER = ("mlp", "gcn", "sage", "revgat")
 FEATURE_ORDER = ("TA", "E", "P", "TAPE")
 
 #: TAPE paper, Table 2: test accuracy of h_TAPE (fine-tuned DeBERTa-base for TA and E, mean of 4 seeds)
@@ -162,6 +162,13 @@ def render_report(
     return "\n".join(out) + "\n"
 
 
+def run_input_name(run: Mapping) -> str:
+    """Name of a training or ensemble run among a report's inputs: ``gcn-TA-s0``, with ``-ft``
+    appended for runs on fine-tuned LM features (frozen and fine-tuned runs side by side)."""
+    name = f"{run['model']}-{run['feature']}-s{run['seed']}"
+    return name + ("-ft" if run.get("lm", "frozen") == "finetuned" else "")
+
+
 def materialize_report(
     dataset: str,
     runs: Sequence[Mapping],
@@ -188,7 +195,7 @@ def materialize_report(
     )
     if lake.find_artifact(path) is None:
         with lake.write_artifact(
-            path, stage="report", inputs={f"{r['model']}-{r['feature']}-s{r['seed']}": str(r["path"]) for r in runs},
+            path, stage="report", inputs={run_input_name(r): str(r["path"]) for r in runs},
             rows=metrics.height,
         ) as tmp:
             metrics.write_parquet(tmp / METRICS_FILE)

