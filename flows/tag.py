@@ -26,7 +26,7 @@ from tag_pipeline.config import (
     StartStage,
 )
 from tag_pipeline.datasets import feature_availability
-from flows.fanout import fan_out_embedding
+from flows.fanout import fan_out_embedding, fan_out_llm
 from tasks.data import load_graph
 from tasks.features import build_prediction_feature, embed_text, finetune_lm
 from tasks.llm import query_llm
@@ -65,7 +65,9 @@ def tag(
     the lake without computing them (failing, naming the missing artifact, if one is absent):
     the per-stage deployments ``tag/llm``, ``tag/embed``, ``tag/train``, ``tag/ensemble`` are
     this flow with both set. Every run ends with a markdown summary. Returns the report's lake
-    paths and markdown.
+    paths and markdown, the stage timings and, under ``fan_out``, the stats of the LLM stage's
+    shard tasks when ``scale_out`` fanned it out (``{"llm": [{"shard", "requests", "worker",
+    ...}]}``, see ``tag_pipeline.llm.stage.ask_llm_shard``).
     """
     cfg = PipelineConfig(
         dataset=dataset, features=features, models=models, seeds=seeds, llm=llm, lm=lm, lm_modes=lm_modes,
@@ -80,6 +82,7 @@ def tag(
         raise ValueError(f"none of the requested features is available for {cfg.dataset.name}: {'; '.join(missing)}")
     timings: dict[str, float] = {}
     paths: dict[str, str] = {}
+    fan_out: dict[str, list[dict]] = {}  # stage -> stats of its shard tasks (scale_out.runner != "local")
 
     def finish(runs: list[dict]) -> dict:
         out = report(
@@ -87,7 +90,7 @@ def tag(
             lake_root, cfg.stop_after,
         )
         print(out["markdown"])
-        return out | {"timings": {k: round(v, 3) for k, v in timings.items()}}
+        return out | {"timings": {k: round(v, 3) for k, v in timings.items()}, "fan_out": fan_out}
 
     with _timed(timings, "graph"):
         graph = load_graph(cfg.dataset, cfg.seeds, lake_root)
@@ -97,6 +100,8 @@ def tag(
         return finish([])
     if {"E", "P"} & set(features) or cfg.stop_after == "llm":
         with _timed(timings, "llm"):
+            if cfg.builds("llm") and cfg.scale_out.runner != "local" and cfg.llm.backend != "replay":
+                fan_out["llm"] = fan_out_llm(graph, cfg.llm, lake_root, cfg.scale_out)
             responses = query_llm(graph, cfg.dataset, cfg.llm, lake_root, build=cfg.builds("llm"))
         paths["llm responses"] = responses
     if cfg.stop_after == "llm":

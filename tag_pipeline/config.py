@@ -181,13 +181,26 @@ class GNNConfig(_Config):
 
 
 class ScaleOutConfig(_Config):
-    """Where the fan-out stages run: embedding shards as parallel tasks on a distributed engine.
+    """Where the fan-out stages run: LLM and embedding shards as parallel tasks on a distributed engine.
 
-    ``local`` embeds shard after shard in the flow-run process. ``dask`` runs one Prefect task
-    per shard on a Dask cluster through prefect-dask's ``DaskTaskRunner``: a temporary local
-    cluster of ``n_workers`` processes, or an existing cluster at ``address`` (e.g. ``dask
-    scheduler`` on one machine and ``dask worker tcp://host:8786`` on each GPU/CPU machine;
-    every worker must see the same lake path and have the project installed).
+    ``local`` asks the LLM and embeds shard after shard in the flow-run process. ``dask`` runs
+    one Prefect task per shard on a Dask cluster through prefect-dask's ``DaskTaskRunner``: a
+    temporary local cluster of ``n_workers`` processes, or an existing cluster at ``address``
+    (e.g. ``dask scheduler`` on one machine and ``dask worker tcp://host:8786`` on each GPU/CPU
+    machine; every worker must see the same lake path and, for the LLM stage, the same answer
+    cache folder, and have the project installed).
+
+    The LLM fan-out (online and offline backends; replay has nothing to compute) asks about
+    ``llm_shard_size`` nodes per task; the answer cache is its checkpoint, and the ``query-llm``
+    task then commits the responses from the cache. The run's online rate limits stay global:
+    a worker process asks one shard at a time (its extra threads wait), so every shard task
+    gets ``rpm``, ``tpm`` and ``max_concurrency`` divided by the number of worker processes,
+    ``n_workers``. For an existing cluster (``address``) that number cannot be read from this
+    config: set ``n_workers`` to the cluster's total number of worker processes; a smaller
+    number lets the workers together exceed the limits. Budgets (``max_calls``,
+    ``max_total_tokens``) are split among the shards to ask, see
+    ``tag_pipeline.llm.stage.plan_llm_fan_out``. Offline (vLLM), each worker process loads the
+    model once and needs a GPU of its own.
     """
 
     runner: Literal["local", "dask"] = Field("local", description="'local' (in-process) or 'dask' (DaskTaskRunner).")
@@ -196,6 +209,12 @@ class ScaleOutConfig(_Config):
     )
     n_workers: int = Field(2, ge=1, description="Worker processes of the local Dask cluster.")
     threads_per_worker: int = Field(1, ge=1, description="Threads per worker process of the local Dask cluster.")
+    llm_shard_size: int = Field(
+        256,
+        ge=1,
+        description="Nodes per task of the LLM fan-out (runner 'dask'): the unit of work handed to a "
+        "worker. An execution detail: not part of any lineage or answer-cache key.",
+    )
 
 
 #: FinetuneConfig fields that change how fast, not what, is computed: left out of its key.
@@ -324,7 +343,7 @@ class PipelineConfig(_Config):
     )
     finetune: FinetuneConfig = Field(FinetuneConfig(), description="LM fine-tuning (lm_modes 'finetuned').")
     scale_out: ScaleOutConfig = Field(
-        ScaleOutConfig(), description="Fan-out of the embedding stage over shards (local or a Dask cluster)."
+        ScaleOutConfig(), description="Fan-out of the LLM and embedding stages over shards (local or a Dask cluster)."
     )
     gnn: GNNConfig = Field(GNNConfig(), description="GNN training.")
     ensemble: Literal["logits", "probs"] = Field(

@@ -1,11 +1,18 @@
-"""LLM stage task."""
+"""LLM stage tasks: the stage itself, and its fan-out over shards of nodes."""
 
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tag_pipeline.config import DatasetConfig, LLMConfig
-from tag_pipeline.llm.stage import LLMBudgetExhausted, materialize_responses
+from tag_pipeline.llm.stage import (
+    LLMBudgetExhausted,
+    LLMFanOutPlan,
+    ask_llm_shard,
+    materialize_responses,
+    plan_llm_fan_out,
+)
 from tasks import STAGE_TASK_OPTIONS, reading, worth_retrying
 
 
@@ -28,3 +35,24 @@ def query_llm(graph: str, dataset: DatasetConfig, llm: LLMConfig, lake: str, bui
     """
     with reading(build, "llm"):
         return str(materialize_responses(Path(graph), dataset, llm, Path(lake)))
+
+
+@task(name="plan-llm-shards", task_run_name="plan-llm-shards-{llm.backend}", cache_policy=NO_CACHE, retries=1)
+def plan_llm_shards(graph: str, llm: LLMConfig, lake: str, shard_size: int, workers: int) -> LLMFanOutPlan:
+    """Shards of the LLM stage with texts not in the answer cache, and the per-shard limits."""
+    return plan_llm_fan_out(Path(graph), llm, Path(lake), shard_size, workers)
+
+
+@task(
+    name="llm-shard", task_run_name="llm-{llm.backend}-shard{shard}", cache_policy=NO_CACHE,
+    retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_worth_retrying,
+)
+def ask_llm_shard_task(
+    graph: str, llm: LLMConfig, shard: int, shard_size: int, budget: dict[str, int] | None = None
+) -> dict:
+    """Ask the LLM about one shard of nodes; return its stats (requests, cache hits, worker).
+
+    Not cached by Prefect: the answer cache is the checkpoint, and a shard whose answers are
+    all cached sends nothing. Retried on transient failures, not on an exhausted budget.
+    """
+    return ask_llm_shard(Path(graph), llm, shard, shard_size, budget=budget)

@@ -1,8 +1,19 @@
-"""The LLM stage in the lake: one responses table per (graph, LLM config)."""
+"""The LLM stage in the lake: one responses table per (graph, LLM config).
+
+Also the stage's fan-out over shards of nodes (:func:`plan_llm_fan_out`, :func:`ask_llm_shard`),
+whose checkpoint is the answer cache: the responses table is then committed from the cache.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -87,6 +98,12 @@ def _live_key(graph_path: Path, graph: TAGraph, llm: LLMConfig) -> str:
     )
 
 
+def _live_path(graph_path: Path, graph: TAGraph, llm: LLMConfig, lake_root: Path) -> Path:
+    """Artifact directory of a live (online/offline) answer set: ``<lake>/<dataset>/llm/<backend>-<key>``."""
+    key = _live_key(graph_path, graph, llm)
+    return lake.artifact_dir(lake_root, graph_path.parents[1].name, "llm", f"{llm.backend}-{key}")
+
+
 def ask_llm(graph: TAGraph, llm: LLMConfig, progress: bool = True) -> tuple[pl.DataFrame, dict]:
     """Ask the online or offline LLM about every node of ``graph`` (title + abstract).
 
@@ -101,7 +118,13 @@ def ask_llm(graph: TAGraph, llm: LLMConfig, progress: bool = True) -> tuple[pl.D
     """
     if graph.text is None:
         raise ValueError(f"dataset {graph.name!r} has no text to prompt the LLM with")
-    nodes = list(enumerate(graph.text))
+    return _ask_nodes(list(enumerate(graph.text)), graph, llm, progress=progress)
+
+
+def _ask_nodes(
+    nodes: list[tuple[int, str]], graph: TAGraph, llm: LLMConfig, progress: bool = True, engine=None
+) -> tuple[pl.DataFrame, dict]:
+    """:func:`ask_llm` for ``nodes`` (``[(node_id, text), ...]``) only; same errors."""
     if llm.backend == "online":
         from tag_pipeline.llm.online import answer_nodes
 
@@ -109,7 +132,9 @@ def ask_llm(graph: TAGraph, llm: LLMConfig, progress: bool = True) -> tuple[pl.D
     elif llm.backend == "offline":
         from tag_pipeline.llm.offline import answer_nodes_offline
 
-        df, stats = answer_nodes_offline(nodes, graph.name, graph.class_names, llm.offline, progress=progress)
+        df, stats = answer_nodes_offline(
+            nodes, graph.name, graph.class_names, llm.offline, progress=progress, engine=engine
+        )
     else:
         raise ValueError(f"ask_llm handles online/offline, not {llm.backend!r}")
     unanswered = int(stats.get("failed", 0)) - int(stats.get("failed_invalid", 0))
@@ -164,10 +189,10 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
             llm.model_dump(mode="json", include={"backend", "model"}),
             lake.files_digest([source]),
         )
+        path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "llm", f"{llm.backend}-{key}")
     else:
         graph = open_graph(graph_path)
-        key = _live_key(graph_path, graph, llm)
-    path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "llm", f"{llm.backend}-{key}")
+        path = _live_path(graph_path, graph, llm, lake_root)
     if lake.find_artifact(path) is not None:
         return path
     graph = graph or open_graph(graph_path)
@@ -232,3 +257,333 @@ def _replay(graph: TAGraph, dataset: DatasetConfig, llm: LLMConfig) -> tuple[pl.
         preds = read_tape_preds(Path(preds_csv), n_lines)[: graph.num_nodes]
         stats["tape_preds_agreement"] = agreement_with_tape_preds(df, preds)
     return df, stats
+
+
+# ---------------------------------------------------------------------- fan-out over shards
+#
+# A distributed LLM stage: the nodes are cut into shards of ``shard_size`` consecutive node
+# ids, and any process that sees the answer cache asks about one shard
+# (:func:`ask_llm_shard`). Its only durable output is the per-node answer cache, which is the
+# checkpoint: nothing is committed to the lake. :func:`materialize_responses` then finds
+# every answer in the cache (no request) and commits the responses artifact as usual.
+
+
+@dataclass(frozen=True)
+class LLMFanOutPlan:
+    """What a fan-out of the LLM stage asks and under which limits (:func:`plan_llm_fan_out`).
+
+    Attributes:
+        llm: the config every shard runs with: ``llm`` with the online backend's rate limits
+            and concurrency divided among the concurrent shard workers
+            (:func:`split_llm_limits`).
+        shards: indices of the shards with texts still to ask (``[]``: nothing to fan out).
+        budgets: per shard (parallel to ``shards``), its share of the run's budget:
+            ``{"max_calls": int, "max_total_tokens": int}`` (only the budgets that are set;
+            ``{}`` without budgets). See :func:`plan_llm_fan_out`.
+        texts: distinct texts not yet in the answer cache, all shards together.
+        reason: why nothing is fanned out (``shards == []``), else ``None``.
+    """
+
+    llm: LLMConfig
+    shards: list[int] = field(default_factory=list)
+    budgets: list[dict[str, int]] = field(default_factory=list)
+    texts: int = 0
+    reason: str | None = None
+
+
+def llm_shard_ranges(num_nodes: int, shard_size: int) -> list[tuple[int, int]]:
+    """Node id ranges ``[(start, stop), ...]`` of the LLM shards: shard ``i`` is
+    ``[i * shard_size, min((i + 1) * shard_size, num_nodes))``.
+
+    Raises:
+        ValueError: ``shard_size < 1``.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    return [(start, min(start + shard_size, num_nodes)) for start in range(0, num_nodes, shard_size)]
+
+
+def _first_occurrences(texts: list[str]) -> list[bool]:
+    """Whether each node is the first (smallest id) with its text, as the cache key sees it
+    (stripped): equal texts share one answer, asked by the shard of their first node only."""
+    seen: set[str] = set()
+    first = []
+    for text in texts:
+        key = text.strip()
+        first.append(key not in seen)
+        seen.add(key)
+    return first
+
+
+def _shard_nodes(texts: list[str], start: int, stop: int) -> list[tuple[int, str]]:
+    """The ``(node_id, text)`` pairs a shard asks about: nodes of ``[start, stop)`` that are the
+    first with their text (a node whose text occurs earlier gets the earlier shard's answer)."""
+    first = _first_occurrences(texts)
+    return [(i, texts[i]) for i in range(start, stop) if first[i]]
+
+
+def _answer_key_fn(graph: TAGraph, llm: LLMConfig):
+    """``text -> answer cache key`` of ``llm``'s live backend, and its config (online/offline)."""
+    from tag_pipeline.llm.cache import answer_key
+    from tag_pipeline.llm.prompts import prompt_hash, prompt_version
+
+    if llm.backend == "online":
+        from tag_pipeline.llm.online import generation_params
+
+        c, model = llm.online, llm.online.model
+    else:
+        from tag_pipeline.llm.offline import generation_params
+
+        c, model = llm.offline, llm.offline.model_path
+    version = prompt_version(graph.name, c.template_version)
+    p_hash = prompt_hash(graph.name, list(graph.class_names), c.template_version, k=c.top_k)
+    params = generation_params(c)
+
+    def key(text: str) -> str:
+        return answer_key(
+            backend=llm.backend, model=model, prompt_version=version, prompt_hash=p_hash, text=text, params=params
+        )
+
+    return key, c
+
+
+def split_llm_limits(llm: LLMConfig, workers: int) -> LLMConfig:
+    """The config each of ``workers`` concurrent shard tasks runs with, so that together they
+    keep ``llm``'s limits. A process asks one shard at a time (:func:`ask_llm_shard`), so
+    ``workers`` is the number of worker processes.
+
+    Online: ``rpm`` (requests/min), ``tpm`` (tokens/min) and ``max_concurrency`` (requests in
+    flight) are divided by ``workers`` (``max_concurrency`` rounded down, at least 1). Each
+    shard task has its own token buckets, so ``workers`` tasks at ``rpm / workers`` each send at
+    most ``rpm`` requests/min together; only the buckets' start-up bursts add up (at most
+    ``max(1, round(rpm / workers * burst_s / 60))`` requests per shard start). Budgets are split
+    per shard, not per worker: see :func:`plan_llm_fan_out`. Offline (vLLM) and replay: returned
+    unchanged (each worker needs a GPU of its own; nothing is rate-limited).
+
+    Args:
+        llm: the stage's config (the run's global limits).
+        workers: shard tasks that may run at the same time (Dask worker processes in all).
+
+    Returns:
+        LLMConfig: with the same answer cache key and lineage key as ``llm`` (limits are in
+        neither).
+
+    Raises:
+        ValueError: ``workers < 1``.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if llm.backend != "online" or workers == 1:
+        return llm
+    c = llm.online
+    online = c.model_copy(update={
+        "rpm": c.rpm / workers,
+        "tpm": None if c.tpm is None else c.tpm / workers,
+        "max_concurrency": max(1, c.max_concurrency // workers),
+    })
+    return llm.model_copy(update={"online": online})
+
+
+def plan_llm_fan_out(
+    graph_path: Path, llm: LLMConfig, lake_root: Path, shard_size: int, workers: int
+) -> LLMFanOutPlan:
+    """Plan a fan-out of the LLM stage: the shards with texts not yet in the answer cache, the
+    per-shard config (:func:`split_llm_limits`) and each shard's share of the budget.
+
+    Cheap next to asking: opens the graph and looks every distinct text up in the cache
+    (a text that failed before counts as missing with ``reask_failed``). Nothing is planned
+    once the responses artifact is committed, whatever the cache holds.
+
+    Budgets (online ``max_calls``, ``max_total_tokens``) bound a whole run; shard tasks cannot
+    share a counter, so the budget is split among the shards to ask, in proportion to their
+    missing texts (calls) or to those texts' estimated tokens (tokens,
+    :func:`~tag_pipeline.llm.online.estimate_tokens`), rounded down: the shares never add up
+    to more than the budget. A shard that spends its share stops with
+    :class:`LLMBudgetExhausted` even if another shard left some unspent (an uneven need of
+    re-asks or retries): raise the budget and run again; cached answers are not asked again.
+    When ``max_calls`` is below the number of missing texts (the run cannot finish within it
+    anyway), nothing is fanned out (``reason`` says so) and the stage runs in one process
+    under the whole budget, as a local run would: it spends the budget and stops.
+
+    Args:
+        graph_path: graph artifact directory.
+        llm: the stage's config (``replay``: nothing to plan).
+        lake_root: root of the lake.
+        shard_size: nodes per shard (see :func:`llm_shard_ranges`).
+        workers: shard tasks that may run at the same time.
+
+    Returns:
+        LLMFanOutPlan: ``shards == []`` with a ``reason`` when there is nothing to fan out.
+
+    Raises:
+        ValueError: the dataset has no text, ``shard_size < 1`` or ``workers < 1``.
+    """
+    if llm.backend == "replay":
+        return LLMFanOutPlan(llm=llm, reason="replay backend: nothing to compute")
+    graph = open_graph(graph_path)
+    if graph.text is None:
+        raise ValueError(f"dataset {graph.name!r} has no text to prompt the LLM with")
+    if lake.find_artifact(_live_path(graph_path, graph, llm, lake_root)) is not None:
+        return LLMFanOutPlan(llm=llm, reason="the responses are in the lake")
+    from tag_pipeline.llm.cache import get_answer, open_cache
+
+    key, c = _answer_key_fn(graph, llm)
+    texts, names = list(graph.text), list(graph.class_names)
+    first = _first_occurrences(texts)
+    count_tokens = llm.backend == "online" and llm.online.max_total_tokens is not None
+    if count_tokens:
+        from tag_pipeline.llm.online import estimate_tokens
+        from tag_pipeline.llm.prompts import build_messages
+    shards, need_texts, need_tokens = [], [], []
+    with open_cache(c.cache_dir) as cache:
+        for index, (start, stop) in enumerate(llm_shard_ranges(graph.num_nodes, shard_size)):
+            n = tokens = 0
+            for i in range(start, stop):
+                if not first[i]:
+                    continue
+                hit = get_answer(cache, key(texts[i]))
+                if hit is not None and not (c.reask_failed and hit.get("status") == "failed"):
+                    continue
+                n += 1
+                if count_tokens:
+                    messages = build_messages(graph.name, names, texts[i], c.template_version, k=c.top_k)
+                    tokens += estimate_tokens(messages, c.max_output_tokens)
+            if n:
+                shards.append(index)
+                need_texts.append(n)
+                need_tokens.append(tokens)
+    total = sum(need_texts)
+    if not shards:
+        return LLMFanOutPlan(llm=llm, reason="every answer is in the cache")
+    budgets: list[dict[str, int]] = [{} for _ in shards]
+    if llm.backend == "online":
+        calls, tokens = llm.online.max_calls, llm.online.max_total_tokens
+        if calls is not None:
+            if calls < total:
+                return LLMFanOutPlan(
+                    llm=llm, texts=total,
+                    reason=f"budget max_calls={calls} < {total} texts to ask: not split over shards; "
+                    "the stage spends it in one process",
+                )
+            for b, n in zip(budgets, need_texts, strict=True):
+                b["max_calls"] = calls * n // total  # >= n, since calls >= total
+        if tokens is not None:
+            all_tokens = sum(need_tokens)
+            for b, t in zip(budgets, need_tokens, strict=True):
+                # a share of 0 is written as 1: every request is estimated at >= 16 tokens, so
+                # a 1-token budget sends nothing, and the shares sent still add up to <= tokens
+                b["max_total_tokens"] = max(1, tokens * t // all_tokens)
+    return LLMFanOutPlan(
+        llm=split_llm_limits(llm, workers), shards=shards, budgets=budgets, texts=total
+    )
+
+
+_ONE_SHARD_AT_A_TIME = threading.Lock()
+"""Shards of one process are asked one after the other: the online backend runs an event loop
+per call and litellm keeps process-wide state bound to one loop (two loops at once in one process
+break its logging worker); offline, the process has one vLLM engine. A shard task has
+``max_concurrency`` requests (or a vLLM batch) in flight of its own, so threads add nothing."""
+
+
+class _SharedEngine:
+    """The vLLM engine of this process, loaded on first use and kept for the next shards.
+
+    A Dask worker runs many shard tasks; loading the model for each (minutes) would dwarf the
+    generation. One engine per process (a GPU holds one), replaced when a shard needs another
+    model; calls from the worker's threads are serialised (``vllm.LLM`` is not thread-safe).
+    """
+
+    _lock = threading.Lock()
+    _engine = None
+    _key: str | None = None
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+    def chat(self, messages, sampling_params=None, use_tqdm=True):
+        from tag_pipeline.llm import offline
+
+        key = self.cfg.model_dump_json(
+            include={"model_path", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size", "dtype", "seed"}
+        )
+        with _SharedEngine._lock:
+            if _SharedEngine._key != key:
+                _SharedEngine._engine = _SharedEngine._key = None  # free the GPU before loading
+                _SharedEngine._engine = offline.load_engine(self.cfg)
+                _SharedEngine._key = key
+            return _SharedEngine._engine.chat(messages, sampling_params, use_tqdm=use_tqdm)
+
+
+def worker_identity() -> str:
+    """``host:pid`` of the calling process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def ask_llm_shard(
+    graph_path: Path,
+    llm: LLMConfig,
+    shard: int,
+    shard_size: int,
+    budget: Mapping[str, int] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Ask the online or offline LLM about one shard of nodes; the answers go to the cache only.
+
+    The shard is node ids ``[shard * shard_size, (shard + 1) * shard_size)``
+    (:func:`llm_shard_ranges`); a node whose text occurs at a smaller node id is left to that
+    node's shard, so every distinct text is asked by exactly one shard. Answers already cached
+    are not asked again, so a retried or repeated shard costs only what is missing. For the
+    fan-out (:func:`plan_llm_fan_out`): any process that sees the answer cache may run any
+    shard, in any order; ``llm`` should carry the split limits (:func:`split_llm_limits`).
+    Calls from several threads of one process run one after the other (see
+    ``_ONE_SHARD_AT_A_TIME``). Offline, the process keeps its vLLM engine for its next shards.
+
+    Args:
+        graph_path: graph artifact directory.
+        llm: the config to ask with (``online`` or ``offline``).
+        shard: the shard's index.
+        shard_size: nodes per shard.
+        budget: this shard's share of the online budget, ``{"max_calls": n,
+            "max_total_tokens": n}`` (either optional; overrides ``llm.online``'s).
+        progress: show the backend's progress bar.
+
+    Returns:
+        dict: ``shard``; ``nodes`` (in its range); ``texts`` (distinct texts it is responsible
+        for); ``cache_hits`` (of those, already cached); ``requests`` (HTTP requests sent, or
+        prompts generated offline, re-asks and retries included); ``failed`` (texts whose final
+        answer is a failure: invalid after the re-asks, or cut off); ``worker`` (``host:pid``);
+        ``limits`` (online: the ``rpm`` requests/min, ``tpm`` tokens/min and
+        ``max_concurrency`` it ran under; offline ``{}``); ``wall_s`` (seconds, model loading
+        and imports included).
+
+    Raises:
+        ValueError: replay backend, no text, or ``shard_size < 1``.
+        IndexError: no such shard.
+        LLMBudgetExhausted, LLMStageIncomplete: see :func:`ask_llm` (answers so far cached).
+    """
+    if llm.backend not in ("online", "offline"):
+        raise ValueError(f"ask_llm_shard handles online/offline, not {llm.backend!r}")
+    t_start = time.monotonic()
+    graph = open_graph(graph_path)
+    if graph.text is None:
+        raise ValueError(f"dataset {graph.name!r} has no text to prompt the LLM with")
+    ranges = llm_shard_ranges(graph.num_nodes, shard_size)
+    if not 0 <= shard < len(ranges):
+        raise IndexError(f"no LLM shard {shard}: {graph.num_nodes} nodes make {len(ranges)} shards of {shard_size}")
+    start, stop = ranges[shard]
+    nodes = _shard_nodes(list(graph.text), start, stop)
+    if budget and llm.backend == "online":
+        llm = llm.model_copy(update={"online": llm.online.model_copy(update=dict(budget))})
+    limits = {}
+    if llm.backend == "online":
+        limits = {"rpm": llm.online.rpm, "tpm": llm.online.tpm, "max_concurrency": llm.online.max_concurrency}
+    out = {"shard": shard, "nodes": stop - start, "texts": len(nodes), "cache_hits": 0, "requests": 0,
+           "failed": 0, "worker": worker_identity(), "limits": limits}
+    if nodes:
+        engine = _SharedEngine(llm.offline) if llm.backend == "offline" else None
+        with _ONE_SHARD_AT_A_TIME:
+            _, stats = _ask_nodes(nodes, graph, llm, progress=progress, engine=engine)
+        requests = stats.get("calls") if llm.backend == "online" else stats.get("generated")
+        out |= {"cache_hits": int(stats.get("cache_hits", 0)), "requests": int(requests or 0),
+                "failed": int(stats.get("failed", 0))}
+    return out | {"wall_s": round(time.monotonic() - t_start, 3)}
