@@ -7,7 +7,8 @@ configuration per model (its own mean validation accuracy over seeds), which the
 use. Test accuracy is printed for the record only.
 Needs the graph, LLM and feature artifacts of a Cora run in the lake (run `tag` first).
 
-    python bench/select_gnn_defaults.py [--lake data/lake] [--epochs 200] [--patience 50]
+    python bench/select_gnn_defaults.py [--lake data/lake] [--epochs 200] [--patience 50] \
+        [--models mlp gcn sage] [--layers 2 3] [--dropouts 0 0.5] [--weight-decays 0 5e-4] [--no-tape-reference]
 
 The last line is one JSON object: the chosen configuration and its validation accuracy.
 """
@@ -38,7 +39,13 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("../shared/data"))
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--patience", type=int, default=50)
+    parser.add_argument("--models", nargs="+", default=["mlp", "gcn", "sage"])
+    parser.add_argument("--layers", nargs="+", type=int, default=[2, 3])
+    parser.add_argument("--dropouts", nargs="+", type=float, default=[0.0, 0.5])
+    parser.add_argument("--weight-decays", nargs="+", type=float, default=[0.0, 5e-4])
+    parser.add_argument("--no-tape-reference", action="store_true", help="leave out TAPE's 4-layer defaults")
     args = parser.parse_args()
+    models = tuple(args.models)
 
     seeds = [0, 1, 2, 3]
     dataset = DatasetConfig(root=args.root)
@@ -57,13 +64,16 @@ def main() -> None:
     # dropout 0, no weight decay) for reference.
     grid = [
         GNNConfig(num_layers=L, hidden=128, dropout=d, weight_decay=wd, epochs=args.epochs, patience=args.patience)
-        for L, d, wd in [*itertools.product((2, 3), (0.0, 0.5), (0.0, 5e-4)), (4, 0.0, 0.0)]
+        for L, d, wd in [
+            *itertools.product(args.layers, args.dropouts, args.weight_decays),
+            *([] if args.no_tape_reference else [(4, 0.0, 0.0)]),
+        ]
     ]
     results = []
     for cfg in grid:
         start = time.perf_counter()
         val, test = {}, {}
-        for model in ("mlp", "gcn", "sage"):
+        for model in models:
             vs, ts = [], []
             for seed in seeds:
                 split = graph.splits[seed]
@@ -85,10 +95,10 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
     best = max(results, key=lambda r: r["mean_val"])
-    print("best shared configuration (mean validation accuracy of h_TAPE over MLP, GCN, SAGE):")
+    print(f"best shared configuration (mean validation accuracy of h_TAPE over {', '.join(models)}):")
     print(json.dumps(best))
     per_model = {}
-    for model in ("mlp", "gcn", "sage"):
+    for model in models:
         row = max(results, key=lambda r: r[f"val_{model}"])  # first of equals: grid order
         per_model[model] = {k: row[k] for k in ("num_layers", "dropout", "weight_decay")} | {
             "val": row[f"val_{model}"], "test": row[f"test_{model}"]}

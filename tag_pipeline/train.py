@@ -182,6 +182,17 @@ def run_summary(path: "Path") -> dict:
     return dict(lake.read_artifact(path, verify=False).manifest["summary"], path=str(path))
 
 
+def training_key(graph_name: str, feature_name: str, model_name: str, seed: int, cfg: GNNConfig) -> str:
+    """Lineage key of one training run: stage version, graph and feature artifact names, model,
+    seed and the GNN settings that decide its result. ``threads`` and ``adjacency`` (how fast,
+    not what) are left out, and of ``num_layers`` only this model's depth counts, so setting
+    another model's depth retrains nothing else."""
+    from tag_pipeline import lake
+
+    fields = cfg.model_dump(exclude={"threads", "adjacency", "num_layers"}) | {"num_layers": cfg.layers_for(model_name)}
+    return lake.config_hash(TRAIN_STAGE_VERSION, graph_name, feature_name, model_name, seed, fields)
+
+
 def materialize_training_run(
     graph_path: "Path",
     feature_path: "Path",
@@ -210,9 +221,7 @@ def materialize_training_run(
     from tag_pipeline.features.store import read_feature
 
     graph_path, feature_path = Path(graph_path), Path(feature_path)
-    key = lake.config_hash(
-        TRAIN_STAGE_VERSION, graph_path.name, feature_path.name, model_name, seed, cfg.model_dump(exclude={"threads", "adjacency"})
-    )
+    key = training_key(graph_path.name, feature_path.name, model_name, seed, cfg)
     path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "train", f"{model_name}-{feature}-s{seed}-{key}")
     if lake.find_artifact(path) is not None:
         return run_summary(path)

@@ -17,6 +17,7 @@ from tag_pipeline.train import (
     predictions_frame,
     read_logits,
     train_node_classifier,
+    training_key,
 )
 
 N, C, F = 150, 3, 8
@@ -188,3 +189,17 @@ def test_read_logits_round_trip_in_node_order(tmp_path, toy):
     back = read_logits(tmp_path)
     assert back.dtype == torch.float32 and back.shape == (N, C)
     assert torch.equal(back, logits)
+
+
+def test_training_key_counts_only_this_models_settings():
+    base = GNNConfig(num_layers={"mlp": 3, "gcn": 2, "sage": 3})
+    key = training_key("g", "TA-x", "gcn", 0, base)
+    # another model's depth, threads and adjacency change nothing for GCN
+    assert key == training_key("g", "TA-x", "gcn", 0, base.model_copy(update={"num_layers": {"gcn": 2, "revgat": 3}}))
+    assert key == training_key("g", "TA-x", "gcn", 0, base.model_copy(update={"threads": 2, "adjacency": "csr"}))
+    assert key == training_key("g", "TA-x", "gcn", 0, base.model_copy(update={"num_layers": 2}))
+    # its own depth, the shared settings, the inputs, the model and the seed do
+    assert key != training_key("g", "TA-x", "gcn", 0, base.model_copy(update={"num_layers": {"gcn": 3}}))
+    assert key != training_key("g", "TA-x", "gcn", 0, base.model_copy(update={"dropout": 0.1}))
+    assert len({key, training_key("h", "TA-x", "gcn", 0, base), training_key("g", "E-x", "gcn", 0, base),
+                training_key("g", "TA-x", "sage", 0, base), training_key("g", "TA-x", "gcn", 1, base)}) == 5
