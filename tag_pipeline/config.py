@@ -134,12 +134,14 @@ class GNNConfig(_Config):
     Defaults chosen on validation accuracy of h_TAPE (mean over seeds 0-3) on Cora with
     frozen MiniLM features, per model, from a grid of 2-3 layers x dropout {0, 0.5} x weight
     decay {0, 5e-4} at hidden 128 (``bench/select_gnn_defaults.py``): GCN 2 layers, SAGE and
-    MLP 3 layers, all with dropout 0.5 and no weight decay. TAPE's own defaults (4 layers,
-    hidden 128, dropout 0, no weight decay) were tuned for fine-tuned DeBERTa features.
+    MLP 3 layers, all with dropout 0.5 and no weight decay; RevGAT (not trained by default)
+    3 layers, i.e. 2 reversible blocks, from 2-3 layers x dropout {0.2, 0.5}. TAPE's own
+    defaults (4 layers, hidden 128, dropout 0, no weight decay) were tuned for fine-tuned
+    DeBERTa features.
     """
 
     num_layers: int | dict[ModelName, int] = Field(
-        {"mlp": 3, "gcn": 2, "sage": 3},
+        {"mlp": 3, "gcn": 2, "sage": 3, "revgat": 3},
         description="Message-passing (or MLP) layers: one number for every model, or one per model "
         "({'gcn': 2, ...}; a model left out gets 2).",
     )
