@@ -13,6 +13,8 @@ REPORT_STAGE_VERSION = 1
 METRICS_FILE = "metrics.parquet"
 REPORT_FILE = "report.md"
 MODEL_ORDER = ("mlp", "gcn", "sage", "revgat")
+#: How the report writes model names (others: upper case).
+MODEL_TITLES = {"mlp": "MLP", "gcn": "GCN", "sage": "SAGE", "revgat": "RevGAT"}
 FEATURE_ORDER = ("TA", "E", "P", "TAPE")
 
 #: TAPE paper, Table 2: test accuracy of h_TAPE (fine-tuned DeBERTa-base for TA and E, mean of 4 seeds)
@@ -79,7 +81,7 @@ def accuracy_table(metrics: pl.DataFrame, split: str, dataset: str) -> str:
         head.append("TAPE paper h_TAPE")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in models:
-        row = [m.upper(), *[cell.get((m, f), "–") for f in features]]
+        row = [MODEL_TITLES.get(m, m.upper()), *[cell.get((m, f), "–") for f in features]]
         if split == "test" and published:
             row.append(f"{published[m]:.4f}" if m in published else "–")
         lines.append("| " + " | ".join(row) + " |")
