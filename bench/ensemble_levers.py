@@ -39,6 +39,7 @@ from tag_pipeline.ensemble import (
     tune_correct_and_smooth,
     weighted_ensemble,
 )
+from tag_pipeline.report import MODEL_TITLES
 from tag_pipeline.train import accuracy, read_logits
 
 MODELS = ("mlp", "gcn", "sage")
@@ -166,14 +167,14 @@ def main() -> None:
     print(f"# seeds {list(SEEDS)}; mean ± sample std over seeds; Δtest = paired test difference vs TAPE's "
           f"logits average; W/T/L = seeds better/equal/worse on test. 1 test node = {1 / n_test:.4f}.")
     print("# val of val-weighted and C&S rows is the selection score itself (optimistic).")
-    header = f"| {'model':5} | {'method':26} | {'val':15} | {'test':15} | {'Δtest vs TAPE':17} | W/T/L |"
+    header = f"| {'model':6} | {'method':26} | {'val':15} | {'test':15} | {'Δtest vs TAPE':17} | W/T/L |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for m in models:
         for meth in METHODS:
             r = results[m][meth]
             wtl = "/".join(map(str, r["test_wins_ties_losses_vs_tape"]))
-            print(f"| {m.upper():5} | {LABELS[meth]:26} | {r['val_mean']:.4f} ± {r['val_std']:.4f} | "
+            print(f"| {MODEL_TITLES.get(m, m.upper()):6} | {LABELS[meth]:26} | {r['val_mean']:.4f} ± {r['val_std']:.4f} | "
                   f"{r['test_mean']:.4f} ± {r['test_std']:.4f} | {r['delta_test_vs_tape_mean']:+.4f} ± "
                   f"{r['delta_test_vs_tape_std']:.4f} | {wtl:5} |")
     print()
@@ -184,7 +185,7 @@ def main() -> None:
             cs = {k: c[k] for k in ("cs_probs_avg", "cs_best_val_ensemble")}
             fmt = {k: (f"L={v['num_correction_layers']} a1={v['correction_alpha']} a2={v['smoothing_alpha']} "
                        f"{'auto' if v['autoscale'] else 'scale=' + str(v['scale'])}") for k, v in cs.items()}
-            print(f"{m.upper():5} s{s}: w_logits={c['weights_logits']} w_probs={c['weights_probs']} "
+            print(f"{MODEL_TITLES.get(m, m.upper()):6} s{s}: w_logits={c['weights_logits']} w_probs={c['weights_probs']} "
                   f"best-val ensemble={c['best_val_ensemble']}; C&S(probs avg): {fmt['cs_probs_avg']}; "
                   f"C&S(best): {fmt['cs_best_val_ensemble']}")
     print(f"# {seconds:.1f} s")
