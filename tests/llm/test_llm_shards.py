@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +18,9 @@ from tag_pipeline.datasets import materialize_graph, open_graph
 from tag_pipeline.llm import offline, stage
 from tag_pipeline.llm.cache import open_cache, put_answer
 from tag_pipeline.llm.config import OfflineLLMConfig, OnlineLLMConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: not on sys.path
+from vllm_stub import Completion, Output  # noqa: E402
 
 # 10 nodes in shards of 4: nodes 5 and 9 repeat the texts of nodes 1 and 2 (shard 0)
 TEXTS = [f"Paper {i}: on learning topic {i}" for i in range(10)]
@@ -91,17 +94,6 @@ def test_plan_skips_cached_texts_and_splits_the_budget(graph, tmp_path):
     assert replay.shards == [] and "replay" in replay.reason
 
 
-@dataclass
-class _Completion:
-    text: str
-    finish_reason: str = "stop"
-    token_ids: list[int] = field(default_factory=lambda: [1] * 10)
-
-
-@dataclass
-class _Output:
-    outputs: list[_Completion]
-    prompt_token_ids: list[int] = field(default_factory=lambda: [1] * 50)
 
 
 class _Engine:
@@ -116,7 +108,7 @@ class _Engine:
         for conversation in messages:
             text = next(t for t in TEXTS if t.strip() in conversation[-1]["content"]).strip()
             label = "AI" if int(text.split()[1].rstrip(":")) % 2 else "ML"
-            out.append(_Output([_Completion(json.dumps({"ranked_labels": [label], "explanation": text}))]))
+            out.append(Output([Completion(json.dumps({"ranked_labels": [label], "explanation": text}))]))
         return out
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -19,6 +20,9 @@ from tag_pipeline.llm import offline
 from tag_pipeline.llm.config import OfflineLLMConfig
 from tag_pipeline.llm.schema import answer_model
 from tag_pipeline.llm.store import validate_responses
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: not on sys.path
+from vllm_stub import Completion, Output  # noqa: E402
 
 CLASSES = ["Case_Based", "Neural_Networks", "Theory"]
 TEXTS = {
@@ -31,17 +35,6 @@ TEXTS = {
 }
 
 
-@dataclass
-class _Completion:
-    text: str
-    finish_reason: str = "stop"
-    token_ids: list[int] = field(default_factory=lambda: [1] * 20)
-
-
-@dataclass
-class _Output:
-    outputs: list[_Completion]
-    prompt_token_ids: list[int] = field(default_factory=lambda: [1] * 100)
 
 
 class StubEngine:
@@ -57,7 +50,7 @@ class StubEngine:
         return [self._answer(conversation) for conversation in messages]
 
     @staticmethod
-    def _answer(conversation: list[dict]) -> _Output:
+    def _answer(conversation: list[dict]) -> Output:
         user = conversation[1]["content"]
         reasked = len(conversation) > 2
         if "good one" in user:
@@ -70,8 +63,8 @@ class StubEngine:
         elif "hopeless" in user:
             body = {"ranked_labels": [], "explanation": "None fits."}
         else:
-            return _Output([_Completion('{"ranked_labels": ["Theory"], "expla', "length")])
-        return _Output([_Completion(json.dumps(body))])
+            return Output([Completion('{"ranked_labels": ["Theory"], "expla', "length")])
+        return Output([Completion(json.dumps(body))])
 
 
 @pytest.fixture
