@@ -296,7 +296,8 @@ class FinetuneConfig(_Config):
         ge=1,
         description="Fine-tune only the top k transformer layers (plus the head); the layers below "
         "keep their pretrained weights, run once over every text, and their outputs are kept in "
-        "memory (total tokens x hidden float32: ~0.4 GB for Cora at 128 tokens), so an epoch "
+        "memory (total tokens x hidden float32: ~0.4 GB for Cora at 128 tokens, but ~30 GB for "
+        "ogbn-arxiv's 169k texts, too much for a 24 GB machine), so an epoch "
         "costs about k/L of full fine-tuning (L = 6 for MiniLM). None = every layer (TAPE). "
         "A CPU lever; left out of the key when None, so full fine-tuning keeps its key.",
     )
