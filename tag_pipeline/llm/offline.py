@@ -22,7 +22,7 @@ open model through vLLM is the offline counterpart the project offers.)
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import polars as pl
@@ -49,6 +49,23 @@ class ChatEngine(Protocol):
     def chat(
         self, messages: Any, sampling_params: Any = None, use_tqdm: bool = True
     ) -> list[Any]: ...
+
+
+def node_answer_key(dataset: str, class_names: Sequence[str], cfg: OfflineLLMConfig) -> Callable[[str], str]:
+    """``text -> key`` under which :func:`answer_nodes_offline` caches a node's answer for
+    ``cfg`` (:func:`tag_pipeline.llm.cache.answer_key`); the LLM stage's fan-out plans with the
+    same function."""
+    version = prompt_version(dataset, cfg.template_version)
+    p_hash = prompt_hash(dataset, list(class_names), cfg.template_version, k=cfg.top_k)
+    params = generation_params(cfg)
+
+    def key(text: str) -> str:
+        return answer_key(
+            backend="offline", model=cfg.model_path, prompt_version=version, prompt_hash=p_hash, text=text,
+            params=params,
+        )
+
+    return key
 
 
 def generation_params(cfg: OfflineLLMConfig) -> dict[str, Any]:
@@ -193,17 +210,13 @@ def answer_nodes_offline(
     t_start = time.monotonic()
     names = list(class_names)
     version = prompt_version(dataset, cfg.template_version)
-    p_hash = prompt_hash(dataset, names, cfg.template_version, k=cfg.top_k)
-    params = generation_params(cfg)
+    key_of = node_answer_key(dataset, names, cfg)
     model = answer_model(names, cfg.top_k)
 
     groups: dict[str, list[int]] = {}
     texts: dict[str, str] = {}
     for node_id, text in nodes:
-        key = answer_key(
-            backend="offline", model=cfg.model_path, prompt_version=version, prompt_hash=p_hash,
-            text=text, params=params,
-        )
+        key = key_of(text)
         groups.setdefault(key, []).append(int(node_id))
         texts.setdefault(key, text)
 

@@ -67,7 +67,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,6 +293,22 @@ def _api_key(cfg: OnlineLLMConfig) -> str | None:
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     if key is None and cfg.api_base is not None:
         return "not-needed"  # local OpenAI-compatible servers accept any key
+    return key
+
+
+def node_answer_key(dataset: str, class_names: Sequence[str], cfg: OnlineLLMConfig) -> Callable[[str], str]:
+    """``text -> key`` under which :func:`answer_nodes` caches a node's answer for ``cfg``
+    (:func:`tag_pipeline.llm.cache.answer_key`: model, prompt version and hash, generation
+    parameters, text); the LLM stage's fan-out plans with the same function."""
+    version = prompt_version(dataset, cfg.template_version)
+    p_hash = prompt_hash(dataset, list(class_names), cfg.template_version, k=cfg.top_k)
+    params = generation_params(cfg)
+
+    def key(text: str) -> str:
+        return answer_key(
+            backend="online", model=cfg.model, prompt_version=version, prompt_hash=p_hash, text=text, params=params
+        )
+
     return key
 
 
@@ -594,8 +610,7 @@ async def answer_nodes_async(
     t_start = time.monotonic()
     names = list(class_names)
     version = prompt_version(dataset, cfg.template_version)
-    p_hash = prompt_hash(dataset, names, cfg.template_version, k=cfg.top_k)
-    params = generation_params(cfg)
+    key_of = node_answer_key(dataset, names, cfg)
     model = answer_model(names, cfg.top_k)
     # instructor wraps a plain model in a new pydantic class on every call; once is enough
     wrapped = instructor.openai_schema(model)
@@ -604,10 +619,7 @@ async def answer_nodes_async(
     groups: dict[str, list[int]] = {}
     texts: dict[str, str] = {}
     for node_id, text in nodes:
-        key = answer_key(
-            backend="online", model=cfg.model, prompt_version=version, prompt_hash=p_hash,
-            text=text, params=params,
-        )
+        key = key_of(text)
         groups.setdefault(key, []).append(int(node_id))
         texts.setdefault(key, text)
 

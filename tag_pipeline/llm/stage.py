@@ -304,12 +304,15 @@ def llm_shard_ranges(num_nodes: int, shard_size: int) -> list[tuple[int, int]]:
 
 
 def _first_occurrences(texts: list[str]) -> list[bool]:
-    """Whether each node is the first (smallest id) with its text, as the cache key sees it
-    (stripped): equal texts share one answer, asked by the shard of their first node only."""
+    """Whether each node is the first (smallest id) with its text, as the answer cache key sees
+    it (:func:`~tag_pipeline.llm.cache.text_sha256`): equal texts share one answer, asked by
+    the shard of their first node only."""
+    from tag_pipeline.llm.cache import text_sha256
+
     seen: set[str] = set()
     first = []
     for text in texts:
-        key = text.strip()
+        key = text_sha256(text)
         first.append(key not in seen)
         seen.add(key)
     return first
@@ -318,33 +321,22 @@ def _first_occurrences(texts: list[str]) -> list[bool]:
 def _shard_nodes(texts: list[str], start: int, stop: int) -> list[tuple[int, str]]:
     """The ``(node_id, text)`` pairs a shard asks about: nodes of ``[start, stop)`` that are the
     first with their text (a node whose text occurs earlier gets the earlier shard's answer)."""
-    first = _first_occurrences(texts)
+    first = _first_occurrences(texts[:stop])  # later nodes cannot come first
     return [(i, texts[i]) for i in range(start, stop) if first[i]]
 
 
 def _answer_key_fn(graph: TAGraph, llm: LLMConfig):
-    """``text -> answer cache key`` of ``llm``'s live backend, and its config (online/offline)."""
-    from tag_pipeline.llm.cache import answer_key
-    from tag_pipeline.llm.prompts import prompt_hash, prompt_version
-
+    """``text -> answer cache key`` of ``llm``'s live backend (the backend's own
+    ``node_answer_key``, so plan and backend cannot disagree), and its config."""
     if llm.backend == "online":
-        from tag_pipeline.llm.online import generation_params
+        from tag_pipeline.llm.online import node_answer_key
 
-        c, model = llm.online, llm.online.model
+        c = llm.online
     else:
-        from tag_pipeline.llm.offline import generation_params
+        from tag_pipeline.llm.offline import node_answer_key
 
-        c, model = llm.offline, llm.offline.model_path
-    version = prompt_version(graph.name, c.template_version)
-    p_hash = prompt_hash(graph.name, list(graph.class_names), c.template_version, k=c.top_k)
-    params = generation_params(c)
-
-    def key(text: str) -> str:
-        return answer_key(
-            backend=llm.backend, model=model, prompt_version=version, prompt_hash=p_hash, text=text, params=params
-        )
-
-    return key, c
+        c = llm.offline
+    return node_answer_key(graph.name, graph.class_names, c), c
 
 
 def split_llm_limits(llm: LLMConfig, workers: int) -> LLMConfig:
