@@ -124,13 +124,20 @@ def test_export_cache_is_reused(model_dir, cora_texts, cache_dir):
     assert onnx_model_path(model_dir, 128, cache_dir, name=MODEL) != first
 
 
-def test_truncated_export_is_detected_and_rebuilt(model_dir, cora_texts, reference, cache_dir, tmp_path):
+def _copy_of_export(model_dir, cache_dir, tmp_path):
+    """The module's export and its manifest copied into a fresh cache folder: (the good
+    export, its copy), so a test can damage the copy."""
     good = ensure_onnx_model(model_dir, 256, cache_dir, name=MODEL)
     cache = tmp_path / "cache"
     cache.mkdir()
     for p in (good, good.with_suffix(".json")):
         shutil.copy(p, cache / p.name)
-    broken = cache / good.name
+    return good, cache / good.name
+
+
+def test_truncated_export_is_detected_and_rebuilt(model_dir, cora_texts, reference, cache_dir, tmp_path):
+    _, broken = _copy_of_export(model_dir, cache_dir, tmp_path)
+    cache = broken.parent
     with open(broken, "r+b") as f:
         f.truncate(broken.stat().st_size // 2)
     assert "truncated" in cache_problem(broken) and str(broken) in cache_problem(broken)
@@ -144,12 +151,7 @@ def test_truncated_export_is_detected_and_rebuilt(model_dir, cora_texts, referen
 
 
 def test_corrupt_export_of_the_right_size_is_refused(model_dir, cache_dir, tmp_path):
-    good = ensure_onnx_model(model_dir, 256, cache_dir, name=MODEL)
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    for p in (good, good.with_suffix(".json")):
-        shutil.copy(p, cache / p.name)
-    bad = cache / good.name
+    good, bad = _copy_of_export(model_dir, cache_dir, tmp_path)
     with open(bad, "r+b") as f:
         f.seek(bad.stat().st_size // 2)
         f.write(b"\x00" * 4096)
