@@ -474,15 +474,16 @@ def finetune_node_classifier(
     )
 
 
-def finetune_key(upstream: str | None, feature: str, seed: int, cfg: FinetuneConfig) -> str:
-    """Lineage key of a fine-tuned feature: stage version, feature, upstream artifact name
-    (graph for TA, responses for E), seed and the config's result-deciding fields."""
+def finetune_key(upstream: str | None, feature: str, seed: int, cfg: FinetuneConfig, split: str | None = None) -> str:
+    """Lineage key of a fine-tuned feature: stage version, feature, upstream artifact (graph
+    content for TA, responses for E), seed, the seed's split (its labels are what the LM learns
+    from; :func:`tag_pipeline.datasets.split_key`) and the config's result-deciding fields."""
     fields = cfg.key_fields()
     if feature == "TA":
         fields.pop("e_text")
     from tag_pipeline import lake
 
-    return lake.config_hash(FINETUNE_STAGE_VERSION, feature, upstream, seed, fields)
+    return lake.config_hash(FINETUNE_STAGE_VERSION, feature, upstream, seed, split, fields)
 
 
 def materialize_finetuned_feature(
@@ -527,7 +528,7 @@ def materialize_finetuned_feature(
     from safetensors.torch import save_file
 
     from tag_pipeline import lake
-    from tag_pipeline.datasets import open_graph
+    from tag_pipeline.datasets import graph_content_key, open_graph, split_key
     from tag_pipeline.features.stage import feature_texts
     from tag_pipeline.features.store import write_feature
 
@@ -535,8 +536,8 @@ def materialize_finetuned_feature(
         raise ValueError(f"feature {feature!r} cannot be fine-tuned on: expected one of {TEXT_FEATURES}")
     if feature == "E" and responses_path is None:
         raise ValueError("the E feature needs the LLM stage's responses")
-    upstream = graph_path.name if feature == "TA" else responses_path.name
-    key = finetune_key(upstream, feature, seed, cfg)
+    upstream = graph_content_key(graph_path) if feature == "TA" else responses_path.name
+    key = finetune_key(upstream, feature, seed, cfg, split=split_key(graph_path, seed))
     path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "features", f"{feature}ft-s{seed}-{key}")
     if lake.find_artifact(path) is not None:
         return path

@@ -183,7 +183,8 @@ def run_summary(path: "Path") -> dict:
 
 
 def training_key(graph_name: str, feature_name: str, model_name: str, seed: int, cfg: GNNConfig) -> str:
-    """Lineage key of one training run: stage version, graph and feature artifact names, model,
+    """Lineage key of one training run: stage version, graph (content and this seed's split:
+    ``graph_name``) and feature artifact names, model,
     seed and the GNN settings that decide its result. ``threads`` and ``adjacency`` (how fast,
     not what) are left out, and of ``num_layers`` only this model's depth counts, so setting
     another model's depth retrains nothing else."""
@@ -211,23 +212,25 @@ def materialize_training_run(
     Returns:
         dict with ``model``, ``feature``, ``seed``, ``best_epoch``, ``epochs_run``,
         ``train_acc``, ``val_acc``, ``test_acc``, ``seconds`` and ``path``.
+
+    Raises:
+        ValueError: the graph artifact has no split for ``seed``.
     """
     from pathlib import Path
 
     from safetensors.torch import save_file
 
     from tag_pipeline import lake
-    from tag_pipeline.datasets import open_graph
+    from tag_pipeline.datasets import graph_content_key, open_graph, split_key
     from tag_pipeline.features.store import read_feature
 
     graph_path, feature_path = Path(graph_path), Path(feature_path)
-    key = training_key(graph_path.name, feature_path.name, model_name, seed, cfg)
+    graph_id = f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}"
+    key = training_key(graph_id, feature_path.name, model_name, seed, cfg)
     path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "train", f"{model_name}-{feature}-s{seed}-{key}")
     if lake.find_artifact(path) is not None:
         return run_summary(path)
     graph = open_graph(graph_path)
-    if seed not in graph.splits:
-        raise KeyError(f"{graph_path}: no split for seed {seed}; has {sorted(graph.splits)}")
     lake.read_artifact(feature_path)
     x = read_feature(feature_path, graph.num_nodes)
     y = torch.from_numpy(graph.labels)

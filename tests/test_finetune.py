@@ -173,7 +173,9 @@ def test_materialize_writes_a_feature_artifact_and_reuses_it(cora, base, monkeyp
     from tag_pipeline.features.store import read_feature
 
     path = materialize_finetuned_feature(cora["path"], None, "TA", 0, CFG, cora["root"], progress=False)
-    key = finetune_key(cora["path"].name, "TA", 0, CFG)
+    from tag_pipeline.datasets import graph_content_key, split_key
+
+    key = finetune_key(graph_content_key(cora["path"]), "TA", 0, CFG, split=split_key(cora["path"], 0))
     assert path == cora["root"] / "cora" / "features" / f"TAft-s0-{key}"
     art = lake.read_artifact(path)  # verifies sha256 of every file
     assert set(art.manifest["files"]) == {"features.safetensors", "index.parquet", LOGITS_FILE}

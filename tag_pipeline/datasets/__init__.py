@@ -7,6 +7,7 @@ layout of the shared data README (TAPE's downloads): ``cora``, ``ogbn-arxiv``, `
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,6 +243,53 @@ def graph_key(cfg: DatasetConfig, seeds: list[int]) -> str:
     return lake.config_hash(GRAPH_STAGE_VERSION, opts, sorted(seeds), digest)
 
 
+#: The graph artifact's files that hold the graph itself; ``splits.parquet`` is left out.
+CONTENT_FILES = ("nodes.parquet", "edges.parquet", "classes.parquet")
+
+
+def graph_content_key(graph_path: Path | str) -> str:
+    """Key of what a graph artifact holds apart from its splits: nodes (text, labels), edges, classes.
+
+    The LLM answers and the frozen TA/E/P features depend on the graph's content and never on
+    the train/val/test split, so their artifacts are keyed by this rather than by the graph
+    artifact's own key (which also covers the seeds whose splits it holds). A run with other
+    seeds then reuses them; only what learns from labels (fine-tuning, training) is keyed by
+    the split too, see :func:`split_key`. Computed from the sha256 of the content files in the
+    artifact's manifest (no file is read).
+
+    Raises:
+        FileNotFoundError: ``graph_path`` is not a committed artifact.
+        CorruptArtifactError: its manifest is unreadable or lists no content file.
+    """
+    art = lake.read_artifact(graph_path, verify=False)
+    files = art.manifest.get("files", {})
+    missing = [f for f in CONTENT_FILES if f not in files]
+    if missing:
+        raise lake.CorruptArtifactError(f"{graph_path}: the manifest lists no {', '.join(missing)}")
+    return lake.config_hash(GRAPH_STAGE_VERSION, {f: files[f]["sha256"] for f in CONTENT_FILES})
+
+
+def split_key(graph_path: Path | str, seed: int) -> str:
+    """Key of one seed's train/val/test split in a graph artifact (the node ids of each part).
+
+    Raises:
+        ValueError: the artifact has no split for ``seed`` (the message lists the seeds it has).
+        FileNotFoundError: ``graph_path`` has no ``splits.parquet``.
+    """
+    import polars as pl
+
+    splits = pl.read_parquet(Path(graph_path) / "splits.parquet")
+    rows = splits.filter(pl.col("seed") == seed)
+    if rows.height == 0:
+        have = sorted(splits["seed"].unique().to_list())
+        raise ValueError(f"{graph_path}: no split for seed {seed} (seeds with a split: {have})")
+    parts = {}
+    for part in ("train", "val", "test"):
+        ids = np.sort(rows.filter(pl.col("split") == part)["node_id"].to_numpy()).astype("<i8")
+        parts[part] = hashlib.sha256(ids.tobytes()).hexdigest()
+    return lake.config_hash(parts)
+
+
 def materialize_graph(cfg: DatasetConfig, seeds: list[int], lake_root: Path) -> Path:
     """Load the dataset and commit it to ``<lake>/<name>/graph/<key>`` unless already there.
 
@@ -272,6 +320,6 @@ def open_graph(path: Path) -> TAGraph:
 
 __all__ = [
     "BUILTIN_DATASETS", "BuiltinDataset", "DatasetError", "Split", "TAGraph", "dataset_dir",
-    "feature_availability", "graph_key", "load_dataset", "materialize_graph", "open_graph",
-    "raw_inputs", "read_graph", "tape_random_split", "write_graph",
+    "feature_availability", "graph_content_key", "graph_key", "load_dataset", "materialize_graph",
+    "open_graph", "raw_inputs", "read_graph", "split_key", "tape_random_split", "write_graph",
 ]

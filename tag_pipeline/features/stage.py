@@ -14,7 +14,7 @@ import polars as pl
 
 from tag_pipeline import lake
 from tag_pipeline.config import LMConfig
-from tag_pipeline.datasets import open_graph
+from tag_pipeline.datasets import graph_content_key, open_graph
 from tag_pipeline.features.shards import (
     committed_shards,
     embed_in_shards,
@@ -68,11 +68,12 @@ def feature_texts(graph_path: Path, responses_path: Path | None, feature: str, e
 def text_feature_path(graph_path: Path, responses_path: Path | None, feature: str, lm: LMConfig, lake_root: Path) -> Path:
     """Where the TA or E artifact of this encoder config lives: ``<lake>/<dataset>/features/<F>-<key>``.
 
-    The key hashes the stage version, the feature, the upstream artifact (graph for TA, LLM
-    answers for E) and the encoder config but for ``device``, ``batch_size``, ``shard_size`` and
+    The key hashes the stage version, the feature, the upstream artifact (the graph's content,
+    :func:`~tag_pipeline.datasets.graph_content_key`, for TA: not its splits; LLM answers for E)
+    and the encoder config but for ``device``, ``batch_size``, ``shard_size`` and
     ``runtime`` (how, not what, is computed: rows agree to float rounding; ``e_text`` too for TA).
     """
-    upstream = graph_path.name if feature == "TA" else responses_path.name if responses_path else None
+    upstream = graph_content_key(graph_path) if feature == "TA" else responses_path.name if responses_path else None
     how = {"device", "batch_size", "shard_size", "runtime"} | ({"e_text"} if feature == "TA" else set())
     key = lake.config_hash(FEATURE_STAGE_VERSION, feature, upstream, lm.model_dump(mode="json", exclude=how))
     return lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"{feature}-{key}")

@@ -19,7 +19,7 @@ import polars as pl
 
 from tag_pipeline import lake
 from tag_pipeline.config import DatasetConfig, LLMConfig
-from tag_pipeline.datasets import BUILTIN_DATASETS, TAGraph, dataset_dir, open_graph
+from tag_pipeline.datasets import BUILTIN_DATASETS, TAGraph, dataset_dir, graph_content_key, open_graph
 
 LLM_STAGE_VERSION = 1
 RESPONSES_FILE = "responses.parquet"
@@ -92,7 +92,7 @@ def _live_key(graph_path: Path, graph: TAGraph, llm: LLMConfig) -> str:
         c = llm.offline
         model = {"model_path": c.model_path}
     return lake.config_hash(
-        LLM_STAGE_VERSION, graph_path.name, llm.backend, model, generation_params(c),
+        LLM_STAGE_VERSION, graph_content_key(graph_path), llm.backend, model, generation_params(c),
         prompt_version(graph.name, c.template_version),
         prompt_hash(graph.name, graph.class_names, c.template_version, k=c.top_k),
     )
@@ -185,7 +185,7 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
         source = responses_dir if responses_dir is not None else preds_csv
         key = lake.config_hash(
             LLM_STAGE_VERSION,
-            graph_path.name,
+            graph_content_key(graph_path),
             llm.model_dump(mode="json", include={"backend", "model"}),
             lake.files_digest([source]),
         )

