@@ -6,22 +6,54 @@ the failed stage. The heavy data lives in the lake; tasks pass artifact paths an
 
 A cached result is only trusted while the lake artifacts it names are intact
 (:class:`LakeArtifactsIntact`): delete or damage ``data/lake/cora/features/...`` and the next
-run rebuilds it instead of handing a dead path downstream.
+run rebuilds it instead of handing a dead path downstream; and only for the library code that
+wrote it (:class:`LibrarySource`): after an upgrade of ``tag_pipeline`` every stage task runs
+again, and each finds its artifact in the lake when its lineage key is unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
+import tag_pipeline
 from tag_pipeline import lake
 from tag_pipeline.datasets.base import DatasetError
+
+
+@lru_cache(maxsize=1)
+def library_fingerprint() -> str:
+    """SHA-256 (16 hex digits) of every ``.py`` file of the installed ``tag_pipeline`` package,
+    with its relative path; read once per process (a worker starts one per flow run)."""
+    root = Path(tag_pipeline.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class LibrarySource(CachePolicy):
+    """Prefect cache policy keyed by :func:`library_fingerprint`.
+
+    Prefect's ``TASK_SOURCE`` hashes the task function only; our tasks are thin wrappers, and
+    what they compute (and where its artifact lives: lineage keys are library code) is in
+    ``tag_pipeline``. Without this, a library upgrade that changes a result or a key would
+    still get the old run's cached path. With it, the first run after an upgrade runs every
+    stage task; a stage whose lineage key did not change finds its artifact in the lake and
+    returns at once, so the cost is the tasks' bookkeeping, not recomputation.
+    """
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
+        return library_fingerprint()
 
 
 def _lake_paths(value: Any, root: str) -> Iterator[Path]:
@@ -59,7 +91,7 @@ class LakeArtifactsIntact(CachePolicy):
     whose record names the same (now rebuilt) path: artifact paths are fixed by lineage.
     """
 
-    base: CachePolicy = field(default_factory=lambda: INPUTS - "build" + TASK_SOURCE)
+    base: CachePolicy = field(default_factory=lambda: INPUTS - "build" + TASK_SOURCE + LibrarySource())
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
         key = self.base.compute_key(task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters, **kwargs)
