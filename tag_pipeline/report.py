@@ -9,7 +9,7 @@ import polars as pl
 
 from tag_pipeline import lake
 
-REPORT_STAGE_VERSION = 1
+REPORT_STAGE_VERSION = 2  # 2: one-seed cells without "± 0.0000"
 METRICS_FILE = "metrics.parquet"
 REPORT_FILE = "report.md"
 MODEL_ORDER = ("mlp", "gcn", "sage", "revgat")
