@@ -474,7 +474,7 @@ def finetune_node_classifier(
     )
 
 
-def finetune_key(upstream: str | None, feature: str, seed: int, cfg: FinetuneConfig, split: str | None = None) -> str:
+def finetune_key(upstream: str | None, feature: str, seed: int, cfg: FinetuneConfig, split: str) -> str:
     """Lineage key of a fine-tuned feature: stage version, feature, upstream artifact (graph
     content for TA, responses for E), seed, the seed's split (its labels are what the LM learns
     from; :func:`tag_pipeline.datasets.split_key`) and the config's result-deciding fields."""
@@ -542,8 +542,6 @@ def materialize_finetuned_feature(
     if lake.find_artifact(path) is not None:
         return path
     graph = open_graph(graph_path)
-    if seed not in graph.splits:
-        raise ValueError(f"{graph_path}: no split for seed {seed} (seeds with a split: {sorted(graph.splits)})")
     split = graph.splits[seed]
     texts = feature_texts(graph_path, responses_path, feature, cfg.e_text)
     res = finetune_node_classifier(

@@ -201,14 +201,14 @@ def test_materialize_writes_a_feature_artifact_and_reuses_it(cora, base, monkeyp
 
 
 def test_key_depends_on_recipe_seed_and_feature():
-    k = finetune_key("g", "TA", 0, CFG)
-    assert k != finetune_key("g", "TA", 1, CFG)
-    assert k != finetune_key("g", "E", 0, CFG)
-    assert k != finetune_key("g", "TA", 0, CFG.model_copy(update={"lr": 1e-4}))
-    assert k == finetune_key("g", "TA", 0, CFG.model_copy(update={"e_text": "raw"}))  # TA has no E text
-    assert finetune_key("r", "E", 0, CFG) != finetune_key("r", "E", 0, CFG.model_copy(update={"e_text": "raw"}))
+    k = finetune_key("g", "TA", 0, CFG, split="s")
+    assert k != finetune_key("g", "TA", 1, CFG, split="s")
+    assert k != finetune_key("g", "E", 0, CFG, split="s")
+    assert k != finetune_key("g", "TA", 0, CFG.model_copy(update={"lr": 1e-4}), split="s")
+    assert k == finetune_key("g", "TA", 0, CFG.model_copy(update={"e_text": "raw"}), split="s")  # TA has no E text
+    assert finetune_key("r", "E", 0, CFG, split="s") != finetune_key("r", "E", 0, CFG.model_copy(update={"e_text": "raw"}), split="s")
     # trainable_layers decides the result when set; unset, keys of full fine-tuning stay as they were
-    assert k != finetune_key("g", "TA", 0, CFG.model_copy(update={"trainable_layers": 2}))
+    assert k != finetune_key("g", "TA", 0, CFG.model_copy(update={"trainable_layers": 2}), split="s")
     assert "trainable_layers" not in CFG.key_fields()
 
 

@@ -17,10 +17,12 @@ from tag_pipeline import lake
 from tag_pipeline.config import FEATURES, CustomDataConfig, DatasetConfig, LLMConfig
 from tag_pipeline.datasets import arxiv_2023, cora, ogbn_arxiv, pubmed
 from tag_pipeline.datasets.base import (
+    SPLIT_NAMES,
     DatasetError,
     Split,
     TAGraph,
     read_graph,
+    read_splits,
     tape_random_split,
     write_graph,
 )
@@ -276,17 +278,11 @@ def split_key(graph_path: Path | str, seed: int) -> str:
         ValueError: the artifact has no split for ``seed`` (the message lists the seeds it has).
         FileNotFoundError: ``graph_path`` has no ``splits.parquet``.
     """
-    import polars as pl
-
-    splits = pl.read_parquet(Path(graph_path) / "splits.parquet")
-    rows = splits.filter(pl.col("seed") == seed)
-    if rows.height == 0:
-        have = sorted(splits["seed"].unique().to_list())
-        raise ValueError(f"{graph_path}: no split for seed {seed} (seeds with a split: {have})")
-    parts = {}
-    for part in ("train", "val", "test"):
-        ids = np.sort(rows.filter(pl.col("split") == part)["node_id"].to_numpy()).astype("<i8")
-        parts[part] = hashlib.sha256(ids.tobytes()).hexdigest()
+    splits = read_splits(Path(graph_path))
+    if seed not in splits:
+        raise ValueError(f"{graph_path}: no split for seed {seed} (seeds with a split: {sorted(splits)})")
+    split = splits[seed]
+    parts = {part: hashlib.sha256(split.part(part).astype("<i8").tobytes()).hexdigest() for part in SPLIT_NAMES}
     return lake.config_hash(parts)
 
 

@@ -202,13 +202,9 @@ def write_graph(graph: TAGraph, directory: Path) -> None:
     splits.write_parquet(directory / "splits.parquet")
 
 
-def read_graph(directory: Path, name: str) -> TAGraph:
-    """Read a graph artifact written by :func:`write_graph`."""
-    nodes = pl.read_parquet(directory / "nodes.parquet").sort("node_id")
-    edges = pl.read_parquet(directory / "edges.parquet")
-    classes = pl.read_parquet(directory / "classes.parquet").sort("label")
-    splits_df = pl.read_parquet(directory / "splits.parquet")
-    text = nodes["text"].to_list()
+def read_splits(directory: Path) -> dict[int, Split]:
+    """``{seed: Split}`` from a graph artifact's ``splits.parquet`` (node ids sorted, int64)."""
+    splits_df = pl.read_parquet(Path(directory) / "splits.parquet")
     splits = {}
     for seed in sorted(splits_df["seed"].unique().to_list()):
         sub = splits_df.filter(pl.col("seed") == seed)
@@ -217,6 +213,16 @@ def read_graph(directory: Path, name: str) -> TAGraph:
             for p in SPLIT_NAMES
         ]
         splits[int(seed)] = Split(*parts)
+    return splits
+
+
+def read_graph(directory: Path, name: str) -> TAGraph:
+    """Read a graph artifact written by :func:`write_graph`."""
+    nodes = pl.read_parquet(directory / "nodes.parquet").sort("node_id")
+    edges = pl.read_parquet(directory / "edges.parquet")
+    classes = pl.read_parquet(directory / "classes.parquet").sort("label")
+    splits = read_splits(directory)
+    text = nodes["text"].to_list()
     return TAGraph(
         name=name,
         class_names=classes["name"].to_list(),
