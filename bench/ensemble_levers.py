@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from tag_pipeline import lake
-from tag_pipeline.datasets import open_graph
+from tag_pipeline.datasets import graph_content_key, open_graph
 from tag_pipeline.ensemble import (
     correct_and_smooth,
     ensemble_logits,
@@ -130,10 +130,19 @@ def main() -> None:
         (m, f, s): resolve(args.lake, args.dataset, "train", inputs[f"{m}-{f}-s{s}{suffix}"])
         for m in models for f in FEATURES for s in SEEDS
     }
-    graphs = {lake.read_artifact(p).manifest["inputs"]["graph"] for p in runs.values()}  # verifies files
-    if len(graphs) != 1:
-        raise SystemExit(f"training runs use different graphs: {sorted(graphs)}")
-    graph_path = resolve(args.lake, args.dataset, "graph", graphs.pop())
+    # A training run is reused by any seed set whose graph has the same content and the same
+    # split for its seed, so the runs may name different graph artifacts: they must agree on
+    # content, and the graph read here must hold every seed's split.
+    graphs = {
+        resolve(args.lake, args.dataset, "graph", lake.read_artifact(p).manifest["inputs"]["graph"])
+        for p in runs.values()  # read_artifact verifies the files
+    }
+    contents = {graph_content_key(g) for g in graphs}
+    if len(contents) != 1:
+        raise SystemExit(f"training runs use graphs of different content: {sorted(map(str, graphs))}")
+    graph_path = next((g for g in sorted(graphs) if set(SEEDS) <= set(open_graph(g).splits)), None)
+    if graph_path is None:
+        raise SystemExit(f"no graph artifact of these runs holds the splits of seeds {list(SEEDS)}")
     graph = open_graph(graph_path)
     y = torch.from_numpy(graph.labels).long()
     edge_index = torch.from_numpy(graph.edge_index).long()
