@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from tag_pipeline import lake
-from tag_pipeline.datasets import graph_content_key, open_graph
+from tag_pipeline.datasets import graph_content_key, open_graph, read_splits
 from tag_pipeline.ensemble import (
     correct_and_smooth,
     ensemble_logits,
@@ -140,7 +140,7 @@ def main() -> None:
     contents = {graph_content_key(g) for g in graphs}
     if len(contents) != 1:
         raise SystemExit(f"training runs use graphs of different content: {sorted(map(str, graphs))}")
-    graph_path = next((g for g in sorted(graphs) if set(SEEDS) <= set(open_graph(g).splits)), None)
+    graph_path = next((g for g in sorted(graphs) if set(SEEDS) <= set(read_splits(g))), None)
     if graph_path is None:
         raise SystemExit(f"no graph artifact of these runs holds the splits of seeds {list(SEEDS)}")
     graph = open_graph(graph_path)

@@ -33,9 +33,8 @@ from tag_pipeline.config import DatasetConfig, FinetuneConfig, GNNConfig, LLMCon
 from tag_pipeline.datasets import graph_key, open_graph
 from tag_pipeline.ensemble import ensemble_logits
 from tag_pipeline.features.stage import materialize_prediction_feature, materialize_text_feature
-from tag_pipeline.finetune import materialize_finetuned_feature
 from tag_pipeline.features.store import read_feature
-from tag_pipeline.lake import artifact_dir
+from tag_pipeline.finetune import materialize_finetuned_feature
 from tag_pipeline.llm.stage import materialize_responses
 from tag_pipeline.train import accuracy, train_node_classifier
 
@@ -64,9 +63,11 @@ def main() -> None:
 
     seeds = args.seeds
     dataset = DatasetConfig(root=args.root)
-    graph_path = artifact_dir(args.lake, "cora", "graph", graph_key(dataset, [0, 1, 2, 3]))
+    graph_path = lake.artifact_dir(args.lake, "cora", "graph", graph_key(dataset, [0, 1, 2, 3]))
     responses = materialize_responses(graph_path, dataset, LLMConfig(), args.lake)
     graph = open_graph(graph_path)
+    if missing := sorted(set(seeds) - set(graph.splits)):
+        raise SystemExit(f"{graph_path} has no split for seeds {missing} (it holds {sorted(graph.splits)})")
     xs_p = read_feature(materialize_prediction_feature(graph_path, responses, 5, args.lake), graph.num_nodes)
     # per-seed features: frozen TA and E are shared by every seed, fine-tuned ones are not
     if args.lm == "frozen":
