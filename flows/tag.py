@@ -86,7 +86,7 @@ def tag(
 
     def finish(runs: list[dict]) -> dict:
         out = report(
-            cfg.dataset.name, runs, {k: round(v, 2) for k, v in timings.items()}, paths, responses, missing,
+            cfg.dataset.lake_name, runs, {k: round(v, 2) for k, v in timings.items()}, paths, responses, missing,
             lake_root, cfg.stop_after,
         )
         print(out["markdown"])
@@ -129,7 +129,7 @@ def tag(
                     feature_paths[("finetuned", feature, seed)] = finetune_lm(
                         graph, responses, feature, seed, cfg.finetune, lake_root, build=build_features
                     )
-        paths["fine-tuned features"] = str(cfg.lake / cfg.dataset.name / "features")
+        paths["fine-tuned features"] = str(cfg.lake / cfg.dataset.lake_name / "features")
     if cfg.stop_after == "features":
         return finish([])
 
@@ -150,7 +150,7 @@ def tag(
                         done += 1
                         update_progress_artifact(progress, progress=100.0 * done / total)
 
-    paths["training runs"] = str(cfg.lake / cfg.dataset.name / "train")
+    paths["training runs"] = str(cfg.lake / cfg.dataset.lake_name / "train")
     ensembles = []
     if cfg.stop_after != "train":
         with _timed(timings, "ensemble"):

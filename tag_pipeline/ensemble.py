@@ -73,23 +73,26 @@ def materialize_ensemble(graph_path, runs: Sequence[dict], mode: str, lake_root)
     path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "ensemble", f"{model}-TAPE-s{seed}-{key}")
     if lake.find_artifact(path) is not None:
         return run_summary(path)
-    graph = open_graph(graph_path)
-    split = graph.splits[seed]
-    y = torch.from_numpy(graph.labels)
-    scores = ensemble_logits([read_logits(Path(r["path"])) for r in members], mode)
-    summary = {
-        "model": model, "feature": "TAPE", "seed": seed, "features": [r["feature"] for r in members],
-        "mode": mode,
-        "train_acc": accuracy(scores, y, torch.from_numpy(split.train)),
-        "val_acc": accuracy(scores, y, torch.from_numpy(split.val)),
-        "test_acc": accuracy(scores, y, torch.from_numpy(split.test)),
-    }
-    with lake.write_artifact(
-        path, stage="ensemble", config={"mode": mode},
-        inputs={r["feature"]: r["path"] for r in members}, rows=graph.num_nodes, extra={"summary": summary},
-    ) as tmp:
-        predictions_frame(scores, y, split).write_parquet(tmp / PREDICTIONS_FILE)
-    return dict(summary, path=str(path))
+    with lake.exclusive(path) as committed:
+        if committed:
+            return run_summary(path)
+        graph = open_graph(graph_path)
+        split = graph.splits[seed]
+        y = torch.from_numpy(graph.labels)
+        scores = ensemble_logits([read_logits(Path(r["path"])) for r in members], mode)
+        summary = {
+            "model": model, "feature": "TAPE", "seed": seed, "features": [r["feature"] for r in members],
+            "mode": mode,
+            "train_acc": accuracy(scores, y, torch.from_numpy(split.train)),
+            "val_acc": accuracy(scores, y, torch.from_numpy(split.val)),
+            "test_acc": accuracy(scores, y, torch.from_numpy(split.test)),
+        }
+        with lake.write_artifact(
+            path, stage="ensemble", config={"mode": mode},
+            inputs={r["feature"]: r["path"] for r in members}, rows=graph.num_nodes, extra={"summary": summary},
+        ) as tmp:
+            predictions_frame(scores, y, split).write_parquet(tmp / PREDICTIONS_FILE)
+        return dict(summary, path=str(path))
 
 
 # --------------------------------------------------------------------------------------------

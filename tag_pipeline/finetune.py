@@ -474,16 +474,45 @@ def finetune_node_classifier(
     )
 
 
-def finetune_key(upstream: str | None, feature: str, seed: int, cfg: FinetuneConfig, split: str) -> str:
+def finetune_key(
+    upstream: str | None, feature: str, seed: int, cfg: FinetuneConfig, split: str, weights: str | None = None
+) -> str:
     """Lineage key of a fine-tuned feature: stage version, feature, upstream artifact (graph
     content for TA, responses for E), seed, the seed's split (its labels are what the LM learns
-    from; :func:`tag_pipeline.datasets.split_key`) and the config's result-deciding fields."""
+    from; :func:`tag_pipeline.datasets.split_key`), the config's result-deciding fields and the
+    digest of the starting weights (``weights``, :func:`tag_pipeline.features.text.model_digest`;
+    left out of the hash when ``None``)."""
     fields = cfg.key_fields()
     if feature == "TA":
         fields.pop("e_text")
     from tag_pipeline import lake
 
-    return lake.config_hash(FINETUNE_STAGE_VERSION, feature, upstream, seed, split, fields)
+    parts = [FINETUNE_STAGE_VERSION, feature, upstream, seed, split, fields] + ([weights] if weights else [])
+    return lake.config_hash(*parts)
+
+
+def finetuned_feature_path(
+    graph_path: Path, responses_path: Path | None, feature: str, seed: int, cfg: FinetuneConfig, lake_root: Path
+) -> Path:
+    """Where the fine-tuned TA/E feature of one seed lives: ``<lake>/<dataset>/features/<F>ft-s<seed>-<key>``.
+
+    The key (:func:`finetune_key`) hashes the upstream artifact, the seed's split, the recipe
+    and the digest of the encoder's files, so it changes with anything that changes the result.
+
+    Raises:
+        ValueError: ``feature`` is not TA or E, E without responses, or no split for ``seed``.
+    """
+    from tag_pipeline import lake
+    from tag_pipeline.datasets import graph_content_key, split_key
+    from tag_pipeline.features.text import model_digest
+
+    if feature not in TEXT_FEATURES:
+        raise ValueError(f"feature {feature!r} cannot be fine-tuned on: expected one of {TEXT_FEATURES}")
+    if feature == "E" and responses_path is None:
+        raise ValueError("the E feature needs the LLM stage's responses")
+    upstream = graph_content_key(graph_path) if feature == "TA" else Path(responses_path).name
+    key = finetune_key(upstream, feature, seed, cfg, split=split_key(graph_path, seed), weights=model_digest(cfg.model))
+    return lake.artifact_dir(lake_root, Path(graph_path).parents[1].name, "features", f"{feature}ft-s{seed}-{key}")
 
 
 def materialize_finetuned_feature(
@@ -528,40 +557,38 @@ def materialize_finetuned_feature(
     from safetensors.torch import save_file
 
     from tag_pipeline import lake
-    from tag_pipeline.datasets import graph_content_key, open_graph, split_key
+    from tag_pipeline.datasets import check_split, open_graph
     from tag_pipeline.features.stage import feature_texts
     from tag_pipeline.features.store import write_feature
 
-    if feature not in TEXT_FEATURES:
-        raise ValueError(f"feature {feature!r} cannot be fine-tuned on: expected one of {TEXT_FEATURES}")
-    if feature == "E" and responses_path is None:
-        raise ValueError("the E feature needs the LLM stage's responses")
-    upstream = graph_content_key(graph_path) if feature == "TA" else responses_path.name
-    key = finetune_key(upstream, feature, seed, cfg, split=split_key(graph_path, seed))
-    path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "features", f"{feature}ft-s{seed}-{key}")
+    path = finetuned_feature_path(graph_path, responses_path, feature, seed, cfg, lake_root)
     if lake.find_artifact(path) is not None:
         return path
-    graph = open_graph(graph_path)
-    split = graph.splits[seed]
-    texts = feature_texts(graph_path, responses_path, feature, cfg.e_text)
-    res = finetune_node_classifier(
-        texts, graph.labels, split.train, split.val, graph.num_classes, cfg, seed, progress=progress,
-    )
-    inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
-    with lake.write_artifact(
-        path, stage="features", config=cfg, inputs=inputs, rows=res.x.shape[0],
-        extra={
-            "feature": feature, "dim": int(res.x.shape[1]), "seed": seed, "num_classes": graph.num_classes,
-            "best_epoch": res.best_epoch, "val_acc": res.val_acc, "train_acc": res.train_acc,
-            "history": res.history, "seconds": res.seconds, "lm": "finetuned",
-        },
-    ) as tmp:
-        write_feature(tmp, res.x, feature=feature, source=f"{cfg.model} fine-tuned, seed {seed}")
-        save_file(
-            {"logits": res.logits.contiguous()}, str(tmp / LOGITS_FILE),
-            metadata={"feature": feature, "seed": str(seed), "shape": str(list(res.logits.shape))},
+    with lake.exclusive(path) as committed:
+        if committed:
+            return path
+        graph = open_graph(graph_path)
+        split = graph.splits[seed]
+        check_split(split, seed, graph.name, graph.num_nodes)
+        texts = feature_texts(graph_path, responses_path, feature, cfg.e_text)
+        res = finetune_node_classifier(
+            texts, graph.labels, split.train, split.val, graph.num_classes, cfg, seed, progress=progress,
         )
-    return path
+        inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
+        with lake.write_artifact(
+            path, stage="features", config=cfg, inputs=inputs, rows=res.x.shape[0],
+            extra={
+                "feature": feature, "dim": int(res.x.shape[1]), "seed": seed, "num_classes": graph.num_classes,
+                "best_epoch": res.best_epoch, "val_acc": res.val_acc, "train_acc": res.train_acc,
+                "history": res.history, "seconds": res.seconds, "lm": "finetuned",
+            },
+        ) as tmp:
+            write_feature(tmp, res.x, feature=feature, source=f"{cfg.model} fine-tuned, seed {seed}")
+            save_file(
+                {"logits": res.logits.contiguous()}, str(tmp / LOGITS_FILE),
+                metadata={"feature": feature, "seed": str(seed), "shape": str(list(res.logits.shape))},
+            )
+        return path
 
 
 def read_lm_logits(directory: Path) -> torch.Tensor:

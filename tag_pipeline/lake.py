@@ -99,13 +99,90 @@ def config_hash(*parts: Any, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
+def _read_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+#: Where :func:`file_sha256` remembers digests: ``$TAG_HASH_CACHE`` or ``~/.cache/tag-pipeline/sha256``.
+HASH_CACHE_ENV = "TAG_HASH_CACHE"
+_hash_memo: tuple[int, Any] | None = None  # (pid, diskcache.Cache or None): one per process
+
+
+def _memo():
+    """This process's digest memo (a ``diskcache.Cache``), or ``None`` where it cannot be opened."""
+    global _hash_memo
+    if _hash_memo is not None and _hash_memo[0] == os.getpid():
+        return _hash_memo[1]
+    cache = None
+    folder = os.environ.get(HASH_CACHE_ENV) or str(Path.home() / ".cache" / "tag-pipeline" / "sha256")
+    if folder.lower() not in ("0", "off", "none"):
+        try:
+            import diskcache
+
+            cache = diskcache.Cache(folder, size_limit=1 << 28, eviction_policy="least-recently-used")
+        except Exception:  # read-only home, locked or damaged database: hash without memo
+            cache = None
+    _hash_memo = (os.getpid(), cache)
+    return cache
+
+
+#: A file's digest is remembered only once it has been unchanged this long (2 s, nanoseconds).
+_SETTLED_NS = 2_000_000_000
+
+
+def _stat_identity(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, remembered by the file's identity.
+
+    The digest is memoised (a ``diskcache`` under ``$TAG_HASH_CACHE``, default
+    ``~/.cache/tag-pipeline/sha256``; ``TAG_HASH_CACHE=off`` disables it) by device, inode,
+    size, modification time and *change* time, in nanoseconds. Any write to the file changes
+    its mtime and ctime, and ctime cannot be set back by a program (``os.utime`` moves mtime
+    only, and moves ctime forward), so a remembered digest is used only for the very bytes it
+    was computed from; renaming a committed artifact's folder keeps its files' identities. This
+    is what lets a warm run verify every artifact it reuses without re-reading hundreds of MB
+    (ogbn-arxiv). Hand-written because neither Prefect nor fsspec memoises content hashes.
+    A digest is remembered only for a file unchanged for 2 s when hashed (as git treats "racy"
+    index entries), so even a same-size rewrite within one coarse clock tick (or one second,
+    on file systems with 1 s timestamps) is hashed again.
+
+    Args:
+        path: the file.
+        chunk: bytes per read (1 MiB).
+
+    Returns:
+        64 lower-case hex characters.
+
+    Raises:
+        OSError: the file cannot be read (``FileNotFoundError`` if it is missing).
+    """
+    st = os.stat(path)
+    memo = _memo()
+    ident = _stat_identity(st)
+    if memo is not None:
+        try:
+            known = memo.get(ident)
+        except Exception:
+            known = None
+        if known is not None:
+            return known
+    digest = _read_sha256(path, chunk)
+    # Remember only a file last changed well before now ("racy git"): a write within the same
+    # clock tick as the one hashed here could otherwise keep the identity and a stale digest.
+    settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS
+    if memo is not None and settled and _stat_identity(os.stat(path)) == ident:
+        try:
+            memo.set(ident, digest)
+        except Exception:
+            pass
+    return digest
 
 
 @dataclass(frozen=True)
@@ -183,6 +260,78 @@ def find_artifact(path: Path | str) -> Artifact | None:
             f"run that stage first (deployment tag/full, or start_at={path.parent.name!r} or earlier)"
         )
     return found
+
+
+#: Environment variable naming the folder of the per-artifact lock files (default: the system's
+#: temporary folder, ``<tmp>/tag-pipeline-locks``).
+LOCK_DIR_ENV = "TAG_LOCK_DIR"
+
+
+def lock_path(path: Path | str) -> Path:
+    """The lock file of an artifact: ``$TAG_LOCK_DIR/<sha256 of its resolved path>.lock``.
+
+    Kept out of the lake, so that a failed build leaves nothing there and listings of the
+    lake see artifacts only. Every process on one machine that resolves the same artifact
+    path gets the same lock; for a lake shared by several machines, point ``TAG_LOCK_DIR`` at
+    a folder on the shared file system (where it supports ``flock``).
+    """
+    folder = Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "tag-pipeline-locks")
+    digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32]
+    return folder / f"{digest}.lock"
+
+
+@contextlib.contextmanager
+def exclusive(path: Path | str, wait_message: bool = True) -> Iterator[bool]:
+    """Hold the lock of one lake key while its artifact is built: one writer per artifact.
+
+    Two runs (flow runs, workers, the ``tag`` command and a benchmark) that need the same
+    missing artifact at once would otherwise both compute it; the atomic commit keeps the lake
+    whole, but the work (an LLM stage paid per token, an hour of embedding) is done twice. The
+    lock is a ``filelock.FileLock`` on the artifact's lock file (``flock``: released by
+    the operating system when its holder dies, so a killed writer never blocks the next),
+    located by :func:`lock_path`.
+    A second writer waits, then finds the artifact the first one committed.
+
+    Usage::
+
+        if lake.find_artifact(path) is not None:
+            return path
+        with lake.exclusive(path) as committed:
+            if committed:          # another writer finished it while we waited
+                return path
+            ...build and write_artifact(path, ...)
+
+    Args:
+        path: the artifact directory the caller is about to build.
+        wait_message: print one line when another writer holds the lock.
+
+    Yields:
+        ``True`` when the artifact is committed and intact by the time the lock is held
+        (another writer made it), else ``False``: build it.
+
+    Raises:
+        OSError: the lock file cannot be created (unwritable lock folder, disk full); the message
+            names the artifact and the reason.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    lock_file = lock_path(path)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_file, thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if wait_message:
+                print(f"[lake] waiting for another writer of {path}")
+            lock.acquire()
+    except OSError as e:
+        raise annotate_os_error(e, path, "artifact not committed (lock)") from e
+    try:
+        yield find_artifact(path) is not None
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager

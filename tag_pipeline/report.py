@@ -130,7 +130,23 @@ def _llm_section(dataset: str, llm_stats: Mapping) -> list[str]:
             f"over {agreement['n_compared']} nodes"
         )
     out += [f"- {k}: {llm_stats[k]}" for k in ("n_failed", "n_no_label") if k in llm_stats]
+    failed = llm_stats.get("failed_nodes")
+    if failed:
+        more = llm_stats.get("n_failed", len(failed)) - len(failed)
+        out.append(
+            f"- **Nodes with a failed LLM answer** (empty E text, P row all padding): "
+            f"{', '.join(map(str, failed))}" + (f" and {more} more" if more > 0 else "")
+        )
     return out + [""]
+
+
+def failed_answer_nodes(responses: Path | str, limit: int = 20) -> list[int]:
+    """Ids of the first ``limit`` nodes whose LLM answer failed, from a responses artifact.
+
+    Such nodes train on an empty E text and an all-padding P row; the report names them.
+    """
+    df = pl.read_parquet(Path(responses) / "responses.parquet", columns=["node_id", "status"])
+    return df.filter(pl.col("status") == "failed").sort("node_id")["node_id"].head(limit).to_list()
 
 
 def render_report(
@@ -201,10 +217,12 @@ def materialize_report(
         dataset, metrics, timings, {**paths, "report": str(path)}, llm_stats, missing_features, stop_after
     )
     if lake.find_artifact(path) is None:
-        with lake.write_artifact(
-            path, stage="report", inputs={run_input_name(r): str(r["path"]) for r in runs},
-            rows=metrics.height,
-        ) as tmp:
-            metrics.write_parquet(tmp / METRICS_FILE)
-            (tmp / REPORT_FILE).write_text(markdown)
+        with lake.exclusive(path) as committed:
+            if not committed:
+                with lake.write_artifact(
+                    path, stage="report", inputs={run_input_name(r): str(r["path"]) for r in runs},
+                    rows=metrics.height,
+                ) as tmp:
+                    metrics.write_parquet(tmp / METRICS_FILE)
+                    (tmp / REPORT_FILE).write_text(markdown)
     return path, markdown

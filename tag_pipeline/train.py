@@ -227,7 +227,7 @@ def materialize_training_run(
     from safetensors.torch import save_file
 
     from tag_pipeline import lake
-    from tag_pipeline.datasets import graph_content_key, open_graph, split_key
+    from tag_pipeline.datasets import check_split, graph_content_key, open_graph, split_key
     from tag_pipeline.features.store import read_feature
 
     graph_path, feature_path = Path(graph_path), Path(feature_path)
@@ -236,26 +236,30 @@ def materialize_training_run(
     path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "train", f"{model_name}-{feature}-s{seed}-{key}")
     if lake.find_artifact(path) is not None:
         return run_summary(path)
-    graph = open_graph(graph_path)
-    lake.read_artifact(feature_path)
-    x = read_feature(feature_path, graph.num_nodes)
-    y = torch.from_numpy(graph.labels)
-    edge_index = torch.from_numpy(graph.edge_index)
-    split = graph.splits[seed]
-    result = train_node_classifier(
-        model_name, x, edge_index, y, split, cfg, seed=seed, num_classes=graph.num_classes,
-        topk=x.shape[1] if feature == "P" else None,
-        show_progress=graph.num_nodes >= PROGRESS_MIN_NODES if progress is None else progress,
-    )
-    summary = {
-        "model": model_name, "feature": feature, "seed": seed, "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run, "train_acc": result.train_acc, "val_acc": result.val_acc,
-        "test_acc": result.test_acc, "seconds": result.seconds,
-    }
-    with lake.write_artifact(
-        path, stage="train", config=cfg, inputs={"graph": str(graph_path), "features": str(feature_path)},
-        rows=graph.num_nodes, extra={"summary": summary},
-    ) as tmp:
-        predictions_frame(result.logits, y, split).write_parquet(tmp / PREDICTIONS_FILE)
-        save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp / WEIGHTS_FILE))
-    return dict(summary, path=str(path))
+    with lake.exclusive(path) as committed:
+        if committed:
+            return run_summary(path)
+        graph = open_graph(graph_path)
+        check_split(graph.splits[seed], seed, graph.name, graph.num_nodes)
+        lake.read_artifact(feature_path)
+        x = read_feature(feature_path, graph.num_nodes)
+        y = torch.from_numpy(graph.labels)
+        edge_index = torch.from_numpy(graph.edge_index)
+        split = graph.splits[seed]
+        result = train_node_classifier(
+            model_name, x, edge_index, y, split, cfg, seed=seed, num_classes=graph.num_classes,
+            topk=x.shape[1] if feature == "P" else None,
+            show_progress=graph.num_nodes >= PROGRESS_MIN_NODES if progress is None else progress,
+        )
+        summary = {
+            "model": model_name, "feature": feature, "seed": seed, "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "train_acc": result.train_acc, "val_acc": result.val_acc,
+            "test_acc": result.test_acc, "seconds": result.seconds,
+        }
+        with lake.write_artifact(
+            path, stage="train", config=cfg, inputs={"graph": str(graph_path), "features": str(feature_path)},
+            rows=graph.num_nodes, extra={"summary": summary},
+        ) as tmp:
+            predictions_frame(result.logits, y, split).write_parquet(tmp / PREDICTIONS_FILE)
+            save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp / WEIGHTS_FILE))
+        return dict(summary, path=str(path))

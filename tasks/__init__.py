@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -54,6 +54,37 @@ class LibrarySource(CachePolicy):
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
         return library_fingerprint()
+
+
+@dataclass
+class Lineage(CachePolicy):
+    """Prefect cache policy keyed by the lake key of the artifact the task will produce.
+
+    The single source of truth for "already computed" is the lake's lineage key: it hashes the
+    contents of what an artifact was built from (raw dataset files, recorded LLM answers, the
+    rendered prompt template, the encoder's weight files, the config). ``INPUTS`` sees a
+    dataset config holding *paths*, so after an edit of the nodes file (or of a template, or
+    of the weights at a model path) it would hand back the old result. With this policy in
+    the key, a task's cache key changes exactly when its artifact's lineage key does; the
+    digests behind it are memoised by file identity (:func:`tag_pipeline.lake.file_sha256`),
+    so computing it on a warm run re-reads nothing.
+
+    ``key_of`` maps the task's inputs (as passed, e.g. a :class:`DatasetConfig`) to the
+    artifact's lake path or key, using the library's own key functions. If it raises (a
+    missing file, say) the key is unique, so nothing cached is served and the task itself runs
+    and reports the error; Prefect would otherwise drop this part of the key and fall back to
+    ``INPUTS`` alone.
+    """
+
+    key_of: Callable[[dict[str, Any]], Any] | None = None
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
+        if self.key_of is None:
+            return None
+        try:
+            return lake.config_hash(str(self.key_of(inputs)))
+        except Exception:
+            return f"lineage-unavailable-{uuid.uuid4().hex}"
 
 
 def _lake_paths(value: Any, root: str) -> Iterator[Path]:
@@ -110,8 +141,10 @@ class LakeArtifactsIntact(CachePolicy):
         return key
 
 
-#: Failures a retry cannot fix: bad input files, a stage a lookup-only run expects in the lake.
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (lake.MissingArtifactError, DatasetError)
+#: Failures a retry cannot fix: bad input files, a stage a lookup-only run expects in the lake,
+#: bad values and types (a ``ValueError`` or ``TypeError`` says the input or the code is wrong,
+#: and fails the same way the next time).
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (lake.MissingArtifactError, DatasetError, ValueError, TypeError)
 
 
 def worth_retrying(task, task_run, state) -> bool:
@@ -126,6 +159,17 @@ STAGE_TASK_OPTIONS = dict(
     cache_policy=LakeArtifactsIntact(),
     persist_result=True,
 )
+
+
+def stage_task_options(lineage: Callable[[dict[str, Any]], Any], **overrides: Any) -> dict[str, Any]:
+    """:data:`STAGE_TASK_OPTIONS` for a stage that reads from outside the lake (raw files,
+    templates, weights): its cache key also holds :class:`Lineage` of ``lineage``.
+
+    Stages whose inputs are lake paths only (P, training, ensemble) need no ``lineage``: those
+    paths already carry their upstream lineage keys.
+    """
+    base = INPUTS - "build" + TASK_SOURCE + LibrarySource() + Lineage(key_of=lineage)
+    return STAGE_TASK_OPTIONS | {"cache_policy": LakeArtifactsIntact(base=base)} | overrides
 
 
 def reading(build: bool, stage: str):

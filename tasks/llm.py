@@ -10,10 +10,18 @@ from tag_pipeline.llm.stage import (
     LLMBudgetExhausted,
     LLMFanOutPlan,
     ask_llm_shard,
+    check_failed_answers,
     materialize_responses,
     plan_llm_fan_out,
+    responses_path,
 )
-from tasks import STAGE_TASK_OPTIONS, reading, worth_retrying
+from tasks import reading, stage_task_options, worth_retrying
+
+
+def _responses_lineage(inputs: dict) -> Path:
+    """The answer set's lake path: answer files' contents (replay) or model, endpoint and the
+    rendered prompt template (online/offline)."""
+    return responses_path(Path(inputs["graph"]), inputs["dataset"], inputs["llm"], Path(inputs["lake"]))
 
 
 def _worth_retrying(task, task_run, state) -> bool:
@@ -26,15 +34,20 @@ def _worth_retrying(task, task_run, state) -> bool:
 @task(
     name="query-llm",
     task_run_name="query-llm-{llm.backend}",
-    **(STAGE_TASK_OPTIONS | {"retries": 3, "retry_delay_seconds": [5, 30, 120], "retry_condition_fn": _worth_retrying}),
+    **stage_task_options(
+        _responses_lineage, retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=_worth_retrying
+    ),
 )
 def query_llm(graph: str, dataset: DatasetConfig, llm: LLMConfig, lake: str, build: bool = True) -> str:
     """Get every node's ranked labels and explanation; return the responses artifact path.
 
     ``build=False``: only look the answers up in the lake (raises ``MissingArtifactError``).
+    More failed answers than ``llm.max_failed_fraction`` raise ``LLMTooManyFailures`` (not retried).
     """
     with reading(build, "llm"):
-        return str(materialize_responses(Path(graph), dataset, llm, Path(lake)))
+        path = materialize_responses(Path(graph), dataset, llm, Path(lake))
+    check_failed_answers(path, llm.max_failed_fraction)
+    return str(path)
 
 
 @task(name="plan-llm-shards", task_run_name="plan-llm-shards-{llm.backend}", cache_policy=NO_CACHE, retries=1)

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tag_pipeline.lake import read_artifact
-from tag_pipeline.report import materialize_report
+from tag_pipeline.report import failed_answer_nodes, materialize_report
 
 
 @task(name="report", cache_policy=NO_CACHE, retries=1)
@@ -23,6 +23,8 @@ def report(
 ) -> dict:
     """Write metrics.parquet and report.md; publish the report as a markdown artifact."""
     stats = read_artifact(responses, verify=False).manifest.get("stats") if responses else None
+    if stats and stats.get("n_failed"):
+        stats = stats | {"failed_nodes": failed_answer_nodes(responses)}
     path, markdown = materialize_report(
         dataset, runs, timings, paths, Path(lake), llm_stats=stats, missing_features=missing_features,
         stop_after=stop_after,

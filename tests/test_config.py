@@ -52,3 +52,20 @@ def test_num_layers_per_model_or_shared():
         GNNConfig(num_layers={"gcn": 0})
     with pytest.raises(ValidationError):
         GNNConfig(num_layers={"gat": 2})
+
+
+def test_a_custom_dataset_is_named_after_its_nodes_file_or_its_name():
+    from pydantic import ValidationError
+
+    from tag_pipeline.config import CustomDataConfig, DatasetConfig
+
+    files = dict(edges="e.csv", classes="c.txt")
+    assert DatasetConfig(name="custom", custom=CustomDataConfig(nodes="my/Papers 2024.csv", **files)).lake_name == "papers-2024"
+    assert CustomDataConfig(nodes="data/cora.csv", **files).dataset_name() == "cora-custom"  # never a built-in's folder
+    named = DatasetConfig(name="custom", custom=CustomDataConfig(nodes="n.csv", name="my_tag", **files))
+    assert named.lake_name == "my_tag"
+    assert DatasetConfig(name="pubmed").lake_name == "pubmed"
+    with pytest.raises(ValidationError, match="built-in dataset's name"):
+        CustomDataConfig(nodes="n.csv", name="cora", **files)
+    with pytest.raises(ValidationError, match="pattern"):
+        CustomDataConfig(nodes="n.csv", name="My TAG", **files)

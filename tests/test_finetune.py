@@ -25,6 +25,7 @@ from tag_pipeline.finetune import (
     LOGITS_FILE,
     FinetuneConfig,
     finetune_key,
+    finetuned_feature_path,
     finetune_node_classifier,
     load_classifier,
     materialize_finetuned_feature,
@@ -175,8 +176,14 @@ def test_materialize_writes_a_feature_artifact_and_reuses_it(cora, base, monkeyp
     path = materialize_finetuned_feature(cora["path"], None, "TA", 0, CFG, cora["root"], progress=False)
     from tag_pipeline.datasets import graph_content_key, split_key
 
-    key = finetune_key(graph_content_key(cora["path"]), "TA", 0, CFG, split=split_key(cora["path"], 0))
+    from tag_pipeline.features.text import model_digest
+
+    key = finetune_key(
+        graph_content_key(cora["path"]), "TA", 0, CFG, split=split_key(cora["path"], 0),
+        weights=model_digest(CFG.model),
+    )
     assert path == cora["root"] / "cora" / "features" / f"TAft-s0-{key}"
+    assert path == finetuned_feature_path(cora["path"], None, "TA", 0, CFG, cora["root"])
     art = lake.read_artifact(path)  # verifies sha256 of every file
     assert set(art.manifest["files"]) == {"features.safetensors", "index.parquet", LOGITS_FILE}
     m = art.manifest

@@ -245,3 +245,88 @@ def test_atomic_write_text_replaces_content(tmp_path):
     atomic_write_text(target, "")
     assert target.read_text() == ""
     assert sorted(p.name for p in target.parent.iterdir()) == ["state.json"]  # no temp files left
+
+
+# ------------------------------------------------------------------ remembered file digests
+
+
+@pytest.fixture
+def hash_memo(tmp_path, monkeypatch):
+    """A fresh digest memo for this test, and a counter of the files actually read."""
+    monkeypatch.setenv(lake.HASH_CACHE_ENV, str(tmp_path / "sha-memo"))
+    monkeypatch.setattr(lake, "_hash_memo", None)
+    reads: list[str] = []
+    real = lake._read_sha256
+
+    def counting(path, *a, **k):
+        reads.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(lake, "_read_sha256", counting)
+    yield reads
+    monkeypatch.setattr(lake, "_hash_memo", None)
+
+
+def _age(path, seconds: float) -> None:
+    """Set the file's mtime ``seconds`` into the past (ctime moves to now: the change itself)."""
+    import os
+    import time
+
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_a_settled_unchanged_file_is_hashed_once(tmp_path, hash_memo):
+    import time
+
+    f = tmp_path / "x.parquet"
+    f.write_bytes(b"a" * 1000)
+    time.sleep(2.1)  # settled: last changed over 2 s ago
+    digest = hashlib.sha256(b"a" * 1000).hexdigest()
+    assert lake.file_sha256(f) == digest and lake.file_sha256(f) == digest
+    assert hash_memo == [str(f)]  # the second call read nothing
+
+
+def test_a_rewrite_of_the_same_size_is_hashed_again(tmp_path, hash_memo):
+    import time
+
+    f = tmp_path / "x.parquet"
+    f.write_bytes(b"a" * 1000)
+    time.sleep(2.1)
+    assert lake.file_sha256(f) == hashlib.sha256(b"a" * 1000).hexdigest()
+    with open(f, "r+b") as h:  # in place, same size, then the old mtime put back
+        h.write(b"b")
+    _age(f, 3600)
+    assert lake.file_sha256(f) == hashlib.sha256(b"b" + b"a" * 999).hexdigest()
+    assert len(hash_memo) == 2
+
+
+def test_a_file_changed_just_now_is_not_remembered(tmp_path, hash_memo):
+    f = tmp_path / "x.parquet"
+    f.write_bytes(b"a" * 1000)
+    lake.file_sha256(f)
+    lake.file_sha256(f)
+    assert len(hash_memo) == 2  # within the racy window: read both times
+
+
+def test_verification_finds_corruption_after_the_digest_was_remembered(tmp_path, hash_memo):
+    import time
+
+    path = _commit(tmp_path / "lake" / "toy" / "key", {"a.bin": b"x" * 4096})
+    time.sleep(2.1)
+    read_artifact(path)
+    read_artifact(path)
+    assert hash_memo.count(str(path / "a.bin")) == 1  # the warm check re-read nothing
+    with open(path / "a.bin", "r+b") as h:
+        h.write(b"y")
+    with pytest.raises(CorruptArtifactError, match="sha256 differs"):
+        read_artifact(path)
+
+
+def test_hashing_works_without_a_memo(tmp_path, monkeypatch):
+    monkeypatch.setenv(lake.HASH_CACHE_ENV, "off")
+    monkeypatch.setattr(lake, "_hash_memo", None)
+    f = tmp_path / "x"
+    f.write_bytes(b"abc")
+    assert lake.file_sha256(f) == hashlib.sha256(b"abc").hexdigest()
+    assert lake._memo() is None

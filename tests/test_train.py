@@ -203,3 +203,16 @@ def test_training_key_counts_only_this_models_settings():
     assert key != training_key("g", "TA-x", "gcn", 0, base.model_copy(update={"dropout": 0.1}))
     assert len({key, training_key("h", "TA-x", "gcn", 0, base), training_key("g", "E-x", "gcn", 0, base),
                 training_key("g", "TA-x", "sage", 0, base), training_key("g", "TA-x", "gcn", 1, base)}) == 5
+
+
+def test_training_on_an_empty_validation_split_names_it(shared_data, tmp_path):
+    """The first nodes of ogbn-arxiv are all train nodes (official split by year): a graph of
+    them is fine for the LLM and embedding stages, but training on it names the empty part."""
+    from tag_pipeline.config import DatasetConfig
+    from tag_pipeline.datasets import DatasetError, materialize_graph
+    from tag_pipeline.train import materialize_training_run
+
+    graph = materialize_graph(DatasetConfig(name="ogbn-arxiv", root=shared_data, subset=20), [0], tmp_path)
+    with pytest.raises(DatasetError, match=r"'ogbn-arxiv', seed 0: the val split is empty \(train 20, val 0, test 0"):
+        materialize_training_run(graph, tmp_path / "no-features", "P", "mlp", 0, GNNConfig(), tmp_path)
+    assert not (tmp_path / "ogbn-arxiv" / "train").exists() or not any((tmp_path / "ogbn-arxiv" / "train").iterdir())

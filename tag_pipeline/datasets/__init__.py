@@ -156,7 +156,7 @@ def load_dataset(cfg: DatasetConfig, seeds: list[int]) -> TAGraph:
 
         c = _custom_files(cfg)
         graph = load_custom(
-            c.nodes, c.edges, c.classes, name="custom", id_col=c.id_col, text_col=c.text_col,
+            c.nodes, c.edges, c.classes, name=cfg.lake_name, id_col=c.id_col, text_col=c.text_col,
             label_col=c.label_col, undirected=c.undirected, seeds=seeds,
         )
     elif cfg.name == "cora":
@@ -286,26 +286,52 @@ def split_key(graph_path: Path | str, seed: int) -> str:
     return lake.config_hash(parts)
 
 
+def check_split(split: Split, seed: int, dataset: str, num_nodes: int) -> None:
+    """A split that can be trained on: its train and validation parts hold a node each.
+
+    An empty train part leaves nothing to learn from; an empty validation part leaves nothing
+    to choose the epoch on (every accuracy on it would be NaN). Both happen with a small
+    ``subset`` of a dataset with a fixed split (the first nodes of ogbn-arxiv are all train
+    nodes), or a custom split column without those values. Checked by the stages that learn
+    from labels (training, LM fine-tuning); the graph, LLM and frozen-feature stages do not
+    need a split.
+
+    Raises:
+        DatasetError: naming the dataset, the seed, the empty part and the part sizes.
+    """
+    for part in ("train", "val"):
+        if len(split.part(part)) == 0:
+            sizes = ", ".join(f"{p} {len(split.part(p))}" for p in SPLIT_NAMES)
+            raise DatasetError(
+                f"dataset {dataset!r}, seed {seed}: the {part} split is empty ({sizes} of "
+                f"{num_nodes} nodes); use more nodes (dataset.subset) or give the split "
+                f"column '{part}' rows"
+            )
+
+
 def materialize_graph(cfg: DatasetConfig, seeds: list[int], lake_root: Path) -> Path:
     """Load the dataset and commit it to ``<lake>/<name>/graph/<key>`` unless already there.
 
     Returns:
         The artifact directory (nodes/edges/classes/splits Parquet and a manifest).
     """
-    path = lake.artifact_dir(lake_root, cfg.name, "graph", graph_key(cfg, seeds))
+    path = lake.artifact_dir(lake_root, cfg.lake_name, "graph", graph_key(cfg, seeds))
     if lake.find_artifact(path) is not None:
         return path
-    graph = load_dataset(cfg, seeds)
-    with lake.write_artifact(
-        path,
-        stage="graph",
-        config=cfg,
-        inputs={str(p): "raw" for p in raw_inputs(cfg)},
-        rows=graph.num_nodes,
-        extra={"num_edges": graph.num_edges, "num_classes": graph.num_classes, "seeds": sorted(seeds)},
-    ) as tmp:
-        write_graph(graph, tmp)
-    return path
+    with lake.exclusive(path) as committed:
+        if committed:
+            return path
+        graph = load_dataset(cfg, seeds)
+        with lake.write_artifact(
+            path,
+            stage="graph",
+            config=cfg,
+            inputs={str(p): "raw" for p in raw_inputs(cfg)},
+            rows=graph.num_nodes,
+            extra={"num_edges": graph.num_edges, "num_classes": graph.num_classes, "seeds": sorted(seeds)},
+        ) as tmp:
+            write_graph(graph, tmp)
+        return path
 
 
 def open_graph(path: Path) -> TAGraph:
@@ -316,6 +342,6 @@ def open_graph(path: Path) -> TAGraph:
 
 __all__ = [
     "BUILTIN_DATASETS", "BuiltinDataset", "DatasetError", "Split", "TAGraph", "dataset_dir",
-    "feature_availability", "graph_content_key", "graph_key", "load_dataset", "materialize_graph",
+    "check_split", "feature_availability", "graph_content_key", "graph_key", "load_dataset", "materialize_graph",
     "open_graph", "raw_inputs", "read_graph", "split_key", "tape_random_split", "write_graph",
 ]

@@ -24,7 +24,7 @@ from tag_pipeline.features.shards import (
     shard_ranges,
 )
 from tag_pipeline.features.store import write_feature
-from tag_pipeline.features.text import encode_texts
+from tag_pipeline.features.text import encode_texts, model_digest
 
 FEATURE_STAGE_VERSION = 1
 
@@ -71,11 +71,15 @@ def text_feature_path(graph_path: Path, responses_path: Path | None, feature: st
     The key hashes the stage version, the feature, the upstream artifact (the graph's content,
     :func:`~tag_pipeline.datasets.graph_content_key`, for TA: not its splits; LLM answers for E)
     and the encoder config but for ``device``, ``batch_size``, ``shard_size`` and
-    ``runtime`` (how, not what, is computed: rows agree to float rounding; ``e_text`` too for TA).
+    ``runtime`` (how, not what, is computed: rows agree to float rounding; ``e_text`` too for TA),
+    and the digest of the encoder's files (:func:`~tag_pipeline.features.text.model_digest`):
+    new weights at the same path re-embed.
     """
     upstream = graph_content_key(graph_path) if feature == "TA" else responses_path.name if responses_path else None
     how = {"device", "batch_size", "shard_size", "runtime"} | ({"e_text"} if feature == "TA" else set())
-    key = lake.config_hash(FEATURE_STAGE_VERSION, feature, upstream, lm.model_dump(mode="json", exclude=how))
+    key = lake.config_hash(
+        FEATURE_STAGE_VERSION, feature, upstream, lm.model_dump(mode="json", exclude=how), model_digest(lm.model)
+    )
     return lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"{feature}-{key}")
 
 
@@ -175,25 +179,28 @@ def materialize_text_feature(
         if shards.exists():  # killed after the commit, before the clean-up
             remove_shards(shards)
         return path
-    texts = feature_texts(graph_path, responses_path, feature, lm.e_text)
-    shard_size = lm.shard_size if shard_size is None else shard_size
-    sharded = embed_in_shards(
-        texts, _encoder(lm), shards, shard_size=shard_size, progress=progress, desc=f"embed {feature}"
-    )
-    x = sharded.x
-    inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
-    with lake.write_artifact(
-        path, stage="features", config=lm, inputs=inputs, rows=x.shape[0],
-        extra={
-            "feature": feature, "dim": int(x.shape[1]), "shard_size": shard_size,
-            # lineage of a resumed run: shards embedded by the committing run vs found committed
-            "shards_computed": len(sharded.computed), "shards_reused": len(sharded.reused),
-            "shard_writers": list(sharded.writers),
-        },
-    ) as tmp:
-        write_feature(tmp, x, feature=feature, source=lm.model)
-    remove_shards(shards)
-    return path
+    with lake.exclusive(path) as committed:
+        if committed:
+            return path
+        texts = feature_texts(graph_path, responses_path, feature, lm.e_text)
+        shard_size = lm.shard_size if shard_size is None else shard_size
+        sharded = embed_in_shards(
+            texts, _encoder(lm), shards, shard_size=shard_size, progress=progress, desc=f"embed {feature}"
+        )
+        x = sharded.x
+        inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
+        with lake.write_artifact(
+            path, stage="features", config=lm, inputs=inputs, rows=x.shape[0],
+            extra={
+                "feature": feature, "dim": int(x.shape[1]), "shard_size": shard_size,
+                # lineage of a resumed run: shards embedded by the committing run vs found committed
+                "shards_computed": len(sharded.computed), "shards_reused": len(sharded.reused),
+                "shard_writers": list(sharded.writers),
+            },
+        ) as tmp:
+            write_feature(tmp, x, feature=feature, source=lm.model)
+        remove_shards(shards)
+        return path
 
 
 def materialize_prediction_feature(graph_path: Path, responses_path: Path, top_k: int, lake_root: Path) -> Path:
@@ -209,14 +216,17 @@ def materialize_prediction_feature(graph_path: Path, responses_path: Path, top_k
     path = lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"P-{key}")
     if lake.find_artifact(path) is not None:
         return path
-    graph = open_graph(graph_path)
-    df = read_responses(responses_path / RESPONSES_FILE, graph.num_nodes, graph.num_classes)
-    import torch
+    with lake.exclusive(path) as committed:
+        if committed:
+            return path
+        graph = open_graph(graph_path)
+        df = read_responses(responses_path / RESPONSES_FILE, graph.num_nodes, graph.num_classes)
+        import torch
 
-    x = torch.from_numpy(ranked_matrix(df, graph.num_nodes, top_k))
-    with lake.write_artifact(
-        path, stage="features", config={"top_k": top_k}, inputs={"responses": str(responses_path)},
-        rows=x.shape[0], extra={"feature": "P", "top_k": top_k},
-    ) as tmp:
-        write_feature(tmp, x, feature="P", source=f"top-{top_k} ranked labels")
-    return path
+        x = torch.from_numpy(ranked_matrix(df, graph.num_nodes, top_k))
+        with lake.write_artifact(
+            path, stage="features", config={"top_k": top_k}, inputs={"responses": str(responses_path)},
+            rows=x.shape[0], extra={"feature": "P", "top_k": top_k},
+        ) as tmp:
+            write_feature(tmp, x, feature="P", source=f"top-{top_k} ranked labels")
+        return path

@@ -8,6 +8,7 @@ Runtime (:mod:`tag_pipeline.features.onnx_encoder`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -46,6 +47,37 @@ def resolve_model_path(model: str) -> str:
             return model
         return str(get_model_path())
     return model
+
+
+def model_digest(model: str) -> str | None:
+    """Digest (16 hex) of the files of a local model folder (or file), for lineage keys.
+
+    The model *name* does not say which weights a key was computed with: new weights copied
+    to the same local path, or another version of the package that ships a model, would reuse
+    embeddings and fine-tuned features computed with the old ones. The digest covers every
+    file under the resolved path (:func:`resolve_model_path`) but documentation (``*.md``) and
+    hidden files; :func:`tag_pipeline.lake.file_sha256` remembers each file's digest, so a
+    warm run does not re-read the weights.
+
+    Returns:
+        The digest, or ``None`` for a name that is not a local path (a hub name, which this
+        project never downloads; the key then holds the name alone).
+    """
+    from tag_pipeline import lake
+
+    path = Path(resolve_model_path(model))
+    if not path.exists():
+        return None
+    if path.is_file():
+        return lake.files_digest([path])
+    files = sorted(
+        f for f in path.rglob("*")
+        if f.is_file() and f.suffix != ".md" and not any(part.startswith(".") for part in f.relative_to(path).parts)
+    )
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + lake.file_sha256(f).encode() + b"\0")
+    return h.hexdigest()[:16]
 
 
 @lru_cache(maxsize=2)

@@ -299,10 +299,14 @@ def _api_key(cfg: OnlineLLMConfig) -> str | None:
 def node_answer_key(dataset: str, class_names: Sequence[str], cfg: OnlineLLMConfig) -> Callable[[str], str]:
     """``text -> key`` under which :func:`answer_nodes` caches a node's answer for ``cfg``
     (:func:`tag_pipeline.llm.cache.answer_key`: model, prompt version and hash, generation
-    parameters, text); the LLM stage's fan-out plans with the same function."""
+    parameters, the endpoint ``api_base`` when set, text); the LLM stage's fan-out plans with
+    the same function. The same model name behind two endpoints (a local ``vllm serve`` and a
+    provider, say) may be two different models, so their answers are cached apart; with
+    ``api_base`` unset (the provider's default endpoint) keys are those of earlier versions,
+    so answers already paid for stay cached."""
     version = prompt_version(dataset, cfg.template_version)
     p_hash = prompt_hash(dataset, list(class_names), cfg.template_version, k=cfg.top_k)
-    params = generation_params(cfg)
+    params = generation_params(cfg) | ({"api_base": cfg.api_base} if cfg.api_base else {})
 
     def key(text: str) -> str:
         return answer_key(

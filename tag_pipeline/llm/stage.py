@@ -65,6 +65,48 @@ class LLMStageIncomplete(RuntimeError):
     """
 
 
+class LLMTooManyFailures(ValueError):
+    """More nodes than ``llm.max_failed_fraction`` allows have a failed answer.
+
+    Failed answers are final (paid for, cached): a retry would fail the same way. Raise the
+    fraction, or fix the cause (model, prompt, limits) and ask again with ``reask_failed``.
+    """
+
+
+def check_failed_answers(responses: Path | str, max_fraction: float, examples: int = 5) -> dict:
+    """Fail loudly when too many nodes have no usable LLM answer; else return the counts.
+
+    A failed answer becomes an empty E text and an all-padding P row downstream: silently, if
+    nothing looked. Reads the manifest's counts and, only when failing, the failed rows.
+
+    Args:
+        responses: the responses artifact directory.
+        max_fraction: largest allowed ``n_failed / n_nodes`` (``llm.max_failed_fraction``).
+        examples: how many failed nodes the error names.
+
+    Returns:
+        ``{"n_failed": int, "n_nodes": int, "fraction": float}``.
+
+    Raises:
+        LLMTooManyFailures: the fraction is above ``max_fraction``; the message gives the count,
+            the fraction, the first failed node ids and their errors.
+    """
+    art = lake.read_artifact(responses, verify=False)
+    n = int(art.manifest.get("rows") or 0)
+    n_failed = int(art.manifest.get("stats", {}).get("n_failed", 0))
+    fraction = n_failed / n if n else 0.0
+    if fraction > max_fraction:
+        df = pl.read_parquet(Path(responses) / RESPONSES_FILE, columns=["node_id", "status", "error"])
+        failed = df.filter(pl.col("status") == "failed").sort("node_id").head(examples)
+        shown = "; ".join(f"node {i}: {e}" for i, e in zip(failed["node_id"], failed["error"]))
+        raise LLMTooManyFailures(
+            f"{responses}: {n_failed} of {n} nodes ({fraction:.2%}) have a failed LLM answer, more than "
+            f"llm.max_failed_fraction={max_fraction:g} allows (their E text would be empty and their "
+            f"P row padding); e.g. {shown}"
+        )
+    return {"n_failed": n_failed, "n_nodes": n, "fraction": fraction}
+
+
 class LLMBudgetExhausted(RuntimeError):
     """The run's budget (calls or tokens) ran out before every node was answered.
 
@@ -153,6 +195,31 @@ def _ask_nodes(
     return df, stats
 
 
+def responses_path(graph_path: Path, dataset: DatasetConfig, llm: LLMConfig, lake_root: Path) -> Path:
+    """Where the answer set of this LLM config lives: ``<lake>/<dataset>/llm/<backend>-<key>``.
+
+    Replay: the key hashes the graph's content, the backend and model names and the contents
+    of the recorded answers (``responses_dir``, or ``preds_csv`` where no answers were
+    released), so edited answer files are imported again. Online/offline: see
+    :func:`_live_key` (model, endpoint, generation parameters, the rendered prompt template).
+
+    Raises:
+        FileNotFoundError: a replay source does not exist (the message names it).
+        ValueError: replay has no source for this dataset (see :func:`replay_sources`).
+    """
+    if llm.backend != "replay":
+        return _live_path(graph_path, open_graph(graph_path), llm, lake_root)
+    responses_dir, preds_csv = replay_sources(dataset, llm)
+    source = responses_dir if responses_dir is not None else preds_csv
+    key = lake.config_hash(
+        LLM_STAGE_VERSION,
+        graph_content_key(graph_path),
+        llm.model_dump(mode="json", include={"backend", "model"}),
+        lake.files_digest([source]),
+    )
+    return lake.artifact_dir(lake_root, graph_path.parents[1].name, "llm", f"{llm.backend}-{key}")
+
+
 def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConfig, lake_root: Path) -> Path:
     """Get every node's ranked labels and explanation into the response store in the lake.
 
@@ -182,40 +249,36 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
     graph = None  # opened (and verified) once, and only when needed
     if llm.backend == "replay":
         responses_dir, preds_csv = replay_sources(dataset, llm)
-        source = responses_dir if responses_dir is not None else preds_csv
-        key = lake.config_hash(
-            LLM_STAGE_VERSION,
-            graph_content_key(graph_path),
-            llm.model_dump(mode="json", include={"backend", "model"}),
-            lake.files_digest([source]),
-        )
-        path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "llm", f"{llm.backend}-{key}")
+        path = responses_path(graph_path, dataset, llm, lake_root)
     else:
         graph = open_graph(graph_path)
         path = _live_path(graph_path, graph, llm, lake_root)
     if lake.find_artifact(path) is not None:
         return path
-    graph = graph or open_graph(graph_path)
-    if llm.backend == "replay":
-        df, stats = _replay(graph, dataset, llm)
-        inputs = {"graph": str(graph_path)}
-        if responses_dir is not None:
-            inputs["responses_dir"] = str(responses_dir)
+    with lake.exclusive(path) as committed:
+        if committed:
+            return path
+        graph = graph or open_graph(graph_path)
+        if llm.backend == "replay":
+            df, stats = _replay(graph, dataset, llm)
+            inputs = {"graph": str(graph_path)}
+            if responses_dir is not None:
+                inputs["responses_dir"] = str(responses_dir)
+            else:
+                inputs["preds_csv"] = str(preds_csv)
         else:
-            inputs["preds_csv"] = str(preds_csv)
-    else:
-        df, backend_stats = ask_llm(graph, llm)
-        stats = {"backend": backend_stats}
-        inputs = {"graph": str(graph_path)}
-    df = validate_responses(df, graph.num_nodes, graph.num_classes, str(path / RESPONSES_FILE))
-    stats |= {
-        "llm_top1_accuracy": replay_top1_accuracy(df, graph.labels),
-        "n_failed": int((df["status"] == "failed").sum()),
-        "n_no_label": int(df.filter(pl.col("ranked_labels").list.len() == 0).height),
-    }
-    with lake.write_artifact(path, stage="llm", config=llm, inputs=inputs, rows=df.height, extra={"stats": stats}) as tmp:
-        write_responses(df, tmp / RESPONSES_FILE)
-    return path
+            df, backend_stats = ask_llm(graph, llm)
+            stats = {"backend": backend_stats}
+            inputs = {"graph": str(graph_path)}
+        df = validate_responses(df, graph.num_nodes, graph.num_classes, str(path / RESPONSES_FILE))
+        stats |= {
+            "llm_top1_accuracy": replay_top1_accuracy(df, graph.labels),
+            "n_failed": int((df["status"] == "failed").sum()),
+            "n_no_label": int(df.filter(pl.col("ranked_labels").list.len() == 0).height),
+        }
+        with lake.write_artifact(path, stage="llm", config=llm, inputs=inputs, rows=df.height, extra={"stats": stats}) as tmp:
+            write_responses(df, tmp / RESPONSES_FILE)
+        return path
 
 
 def _replay(graph: TAGraph, dataset: DatasetConfig, llm: LLMConfig) -> tuple[pl.DataFrame, dict]:

@@ -90,3 +90,45 @@ def test_e_feature_uses_the_explanation_of_structured_answers(shared_data, answe
     raw = feature_texts(graph, responses, "E", "raw")
     assert auto == [e or "" for e in df["explanation"]]
     assert all(r.lstrip().startswith("{") for r in raw if r)  # structured answers are JSON
+
+
+def test_too_many_failed_answers_fail_the_stage_and_allowed_ones_are_named(
+    prefect_harness, shared_data, answers, tmp_path, task_runs
+):
+    """A failed answer becomes an empty E text and an all-padding P row: above
+    ``llm.max_failed_fraction`` the LLM stage fails (once: a retry cannot help) naming the
+    count and the nodes; below it the run completes and the report names the nodes."""
+    from flows.tag import tag
+    from tag_pipeline.config import GNNConfig
+
+    n = 20
+    server = FakeOpenAIServer(answers, rpm=3000, faults=FaultPlan({5: ["invalid"] * 3, 7: ["invalid"] * 3}))
+    base = server.start()
+    try:
+        def params(max_failed_fraction: float) -> dict:
+            llm = LLMConfig(
+                backend="online", max_failed_fraction=max_failed_fraction,
+                online=OnlineLLMConfig(
+                    model="openai/gpt-3.5-turbo", api_base=base, api_key_env=None, rpm=3000, max_reasks=0,
+                    timeout_s=10, cache_dir=tmp_path / "llm-cache",
+                ),
+            )
+            return dict(dataset=DatasetConfig(root=shared_data, subset=n), features=["P"], models=["mlp"],
+                        seeds=[0], llm=llm, gnn=GNNConfig(epochs=2, patience=2), lake=str(tmp_path / "lake"))
+
+        state = tag(**params(0.01), return_state=True)
+        assert state.is_failed()
+        message = str(state.result(raise_on_failure=False))
+        assert "2 of 20 nodes (10.00%) have a failed LLM answer" in message, message
+        assert "node 5:" in message and "node 7:" in message
+        (query,) = [t for t in task_runs(state.state_details.flow_run_id) if t.name == "query-llm-online"]
+        assert query.run_count == 1  # not retried
+
+        asked = len(server.log)
+        state = tag(**params(0.1), return_state=True)  # 10% allowed: the same answers, from the cache
+        assert state.is_completed(), state.message
+        assert len(server.log) == asked
+        markdown = state.result()["markdown"]
+        assert "**Nodes with a failed LLM answer** (empty E text, P row all padding): 5, 7" in markdown
+    finally:
+        server.stop()

@@ -48,6 +48,7 @@ from tag_pipeline.llm.config import OnlineLLMConfig  # noqa: E402
 from tag_pipeline.llm.online import (  # noqa: E402
     answer_nodes,
     generation_params,
+    node_answer_key,
     request_burst,
 )
 from tag_pipeline.llm.parse import parse_ranked_labels  # noqa: E402
@@ -271,12 +272,8 @@ def test_killed_run_resumes_without_reasking_finished_nodes(answers, tmp_path):
         "answer_nodes([tuple(n) for n in spec['nodes']], 'cora', spec['classes'],\n"
         "             OnlineLLMConfig.model_validate(spec['cfg']), progress=False)\n"
     )
-    version, p_hash = prompt_version("cora"), prompt_hash("cora", answers.class_names, k=cfg.top_k)
-    keys = {
-        i: answer_key(backend="online", model=cfg.model, prompt_version=version, prompt_hash=p_hash,
-                      text=answers.texts[i], params=generation_params(cfg))
-        for i in ids
-    }
+    key_of = node_answer_key("cora", answers.class_names, cfg)
+    keys = {i: key_of(answers.texts[i]) for i in ids}
     stderr = open(tmp_path / "runner.err", "wb")  # a file: a full pipe would stall the runner
     proc = subprocess.Popen([sys.executable, str(runner), str(spec)], cwd=PROJECT_ROOT,
                             stdout=subprocess.DEVNULL, stderr=stderr)
@@ -378,3 +375,19 @@ def test_json_mode_and_generic_prompt(answers, tmp_path):
         parse_ranked_labels(answers.contents[i], answers.class_names, k=5) for i in range(20)
     ]
     assert df["ranked_labels"].to_list() == recorded
+
+
+def test_answer_cache_key_includes_the_endpoint():
+    """The same model name behind two endpoints is cached apart; no endpoint keeps the old key."""
+    classes = ["a", "b", "c"]
+    local = OnlineLLMConfig(model="openai/qwen", api_base="http://127.0.0.1:8000/v1", api_key_env=None)
+    other = local.model_copy(update={"api_base": "http://127.0.0.1:9000/v1"})
+    default = local.model_copy(update={"api_base": None})
+    keys = [node_answer_key("cora", classes, c)("some text") for c in (local, other, default)]
+    assert len(set(keys)) == 3
+    before = answer_key(  # the key every earlier version used for a provider's default endpoint
+        backend="online", model=default.model, prompt_version=prompt_version("cora"),
+        prompt_hash=prompt_hash("cora", classes, k=default.top_k), text="some text",
+        params=generation_params(default),
+    )
+    assert keys[2] == before
