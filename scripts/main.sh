@@ -6,9 +6,10 @@
 #   scripts/main.sh --param dataset='{"subset": 300}' # any `prefect deployment run` options
 #
 # It (1) creates/updates .venv, (2) starts a local Prefect server (SQLite, 127.0.0.1, state in
-# .prefect/) unless one is already healthy, (3) creates the process work pool, (4) deploys
-# prefect.yaml, (5) starts a worker unless one is running, (6) runs `prefect deployment run
-# tag/full --watch` and (7) prints the flow run's report. Run again, it reuses the server and
+# .prefect/) unless one is already healthy, (3) creates the process work pool, (4) installs
+# the automation that marks zombie runs Crashed (deployments/automations.py), (5) deploys
+# prefect.yaml, (6) starts a worker unless one is running, (7) runs `prefect deployment run
+# tag/full --watch` and (8) prints the flow run's report. Run again, it reuses the server and
 # the worker. scripts/stop.sh stops them.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -53,6 +54,11 @@ for pool in "$TAG_WORK_POOL" tag-gpu; do
     echo "[main] created process work pool $pool"
   fi
 done
+
+# A run whose process dies with its worker stays Running; this automation marks it Crashed
+# when its heartbeats stop, so `prefect flow-run retry` can resume it.
+python deployments/automations.py > "$LOG_DIR/automations.log" 2>&1 || { cat "$LOG_DIR/automations.log" >&2; exit 1; }
+grep -q "' unchanged (" "$LOG_DIR/automations.log" || sed 's/^\[automations\]/[main]/' "$LOG_DIR/automations.log"
 
 echo "[main] deploying prefect.yaml"
 prefect --no-prompt deploy --all > "$LOG_DIR/deploy.log" 2>&1 || { cat "$LOG_DIR/deploy.log" >&2; exit 1; }

@@ -434,6 +434,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     """
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(Path(".prefect/results").resolve()))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
+    # Heartbeats as the deployments send them (prefect.yaml): a run pointed at the project's
+    # server is watched by its zombie automation (deployments/automations.py), whose window
+    # assumes 30 s heartbeats; Prefect's default, 180 s, would get a healthy run marked Crashed.
+    if not os.environ.get("PREFECT_RUNNER_HEARTBEAT_FREQUENCY"):
+        os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     from flows.tag import tag
 
     params = {name: getattr(cfg, name) for name in PipelineConfig.model_fields}

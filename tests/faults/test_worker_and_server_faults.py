@@ -19,183 +19,27 @@ for twice, no temporaries or partial artifacts left in the lake.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import polars as pl
-import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "llm"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_openai_server import CoraAnswers, FakeOpenAIServer  # noqa: E402
+from prefect_cluster import Stack  # noqa: E402
+from prefect_cluster import wait_until as _wait_until  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).parent / "prefect")
 NUM_NODES = 300
 SHARD = 32
 LM = {"max_length": 48, "shard_size": SHARD}
 GNN = {"epochs": 15, "patience": 15}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until(predicate, timeout_s: float, what: str, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise TimeoutError(f"gave up after {timeout_s:.0f} s waiting for {what}")
-
-
-class Stack:
-    """A Prefect server, the deployments of ``prefect.yaml`` and a process worker."""
-
-    def __init__(self, home: Path):
-        self.home = home
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/api"
-        self.server: subprocess.Popen | None = None
-        self.worker: subprocess.Popen | None = None
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        self.env = env | {
-            "PREFECT_HOME": str(home),
-            "PREFECT_API_URL": self.url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "TAG_PROJECT_DIR": str(PROJECT_ROOT),
-            "OMP_NUM_THREADS": "1",
-        }
-
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.home / f"{name}.log", "ab")
-        return subprocess.Popen(
-            [PREFECT, *args], env=self.env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def start_server(self) -> None:
-        self.server = self._spawn(
-            "server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--analytics-off"
-        )
-        _wait_until(self.healthy, 180, "the Prefect server", every_s=0.5)
-
-    def start_worker(self) -> None:
-        self.worker = self._spawn("worker", "worker", "start", "--pool", "tag-local", "--type", "process")
-
-    @staticmethod
-    def _kill_tree(proc: subprocess.Popen | None) -> list[int]:
-        """SIGKILL a process and every descendant (as a machine or container dying would)."""
-        if proc is None or proc.poll() is not None:
-            return []
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=30)
-        return [p.pid for p in procs]
-
-    def kill_worker(self) -> list[int]:
-        return self._kill_tree(self.worker)
-
-    def kill_server(self) -> list[int]:
-        return self._kill_tree(self.server)
-
-    def cli(self, *args: str, timeout_s: float = 180) -> str:
-        out = subprocess.run(
-            [PREFECT, "--no-prompt", *args], env=self.env, cwd=PROJECT_ROOT, capture_output=True, text=True,
-            timeout=timeout_s,
-        )
-        assert out.returncode == 0, f"prefect {' '.join(args)}: {out.stdout}\n{out.stderr}"
-        return out.stdout
-
-    def client(self):
-        from prefect.client.orchestration import SyncPrefectClient
-
-        return SyncPrefectClient(api=self.url)
-
-    def run(self, deployment: str, parameters: dict) -> str:
-        """Create a flow run of ``deployment`` (``tag/full``); the worker picks it up."""
-        with self.client() as c:
-            dep = c.read_deployment_by_name(deployment)
-            return str(c.create_flow_run_from_deployment(dep.id, parameters=parameters).id)
-
-    def state(self, flow_run_id: str):
-        with self.client() as c:
-            return c.read_flow_run(flow_run_id).state
-
-    def wait(self, flow_run_id: str, timeout_s: float = 420):
-        """The flow run's final state (the server must be up)."""
-
-        def final():
-            s = self.state(flow_run_id)
-            return s if s and s.is_final() else None
-
-        return _wait_until(final, timeout_s, f"flow run {flow_run_id} to finish", every_s=1.0)
-
-    def retry(self, flow_run_id: str):
-        """``prefect flow-run retry``, then wait: ``(final state, seconds from retry to end)``."""
-        start = time.monotonic()
-        self.cli("flow-run", "retry", flow_run_id)
-        state = self.wait(flow_run_id)
-        return state, time.monotonic() - start
-
-    def mark_crashed(self, flow_run_id: str) -> None:
-        """What Prefect's zombie detection does to a run whose process died: state Crashed."""
-        from prefect.states import Crashed
-
-        with self.client() as c:
-            c.set_flow_run_state(flow_run_id, Crashed(message="worker killed (test)"), force=True)
-
-    def task_states(self, flow_run_id: str, timeout_s: float = 60) -> dict[str, str]:
-        """``{task run name: state name}`` of the run's latest task runs, once all are final."""
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-        def read():
-            with self.client() as c:
-                runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            latest: dict[str, object] = {}  # a killed attempt's task runs stay Running forever
-            for r in sorted(runs, key=lambda r: r.created):
-                latest[r.name] = r
-            if latest and all(r.state and r.state.is_final() for r in latest.values()):
-                return {name: r.state.name for name, r in latest.items()}
-            return None
-
-        return _wait_until(read, timeout_s, f"task runs of {flow_run_id}", every_s=0.5)
-
-    def close(self) -> None:
-        self.kill_worker()
-        if self.server is not None and self.server.poll() is None:
-            self.server.terminate()
-            try:
-                self.server.wait(30)
-            except subprocess.TimeoutExpired:
-                self._kill_tree(self.server)
 
 
 @pytest.fixture(scope="module")
