@@ -155,12 +155,21 @@ class LMConfig(_Config):
         "for structured (online/offline) answers, whose raw text is JSON.",
     )
     device: str = Field("cpu", description="torch device for encoding.")
-    runtime: Literal["torch", "onnx"] = Field(
-        "torch",
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
         description="How to run the encoder: 'torch' = sentence-transformers; 'onnx' = our ONNX "
         "export of the same model on ONNX Runtime (CPU only, mean-pooling models only; float32, "
         "same vectors to |1 - cos| < 1e-6, ~1.3x faster on 2 cores; export cached under "
-        "$TAG_ONNX_CACHE or data/cache/onnx).",
+        "$TAG_ONNX_CACHE or data/cache/onnx); 'auto' = the fastest path whose vectors stay within "
+        "1e-3 cosine of float32 on this machine (see precision). Not part of the key.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Arithmetic of the encoder: 'fp32'; 'bf16' (torch autocast: a CUDA device, or a CPU "
+        "with AVX512-BF16 or AMX-BF16); 'fp16' (CUDA only); 'auto' = bf16 where the device has it "
+        "natively, else fp32 (with runtime 'auto': ONNX Runtime on a CPU without bf16). The path "
+        "taken and the CPU's flags are recorded in the feature artifact's manifest. Not part of "
+        "the key: every path agrees with fp32 to 1e-3 cosine.",
     )
     shard_size: int = Field(
         512,
@@ -207,6 +216,15 @@ class GNNConfig(_Config):
         description="torch CPU threads while training (None = torch's default). Full-batch steps on "
         "Cora-size graphs are too small to gain from more, and threads that wait on each other "
         "slow down badly when the CPU is shared. Not part of the lineage key.",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Training runs at once, each in its own process (Prefect's ProcessPoolTaskRunner) "
+        "with `threads` torch threads: None = the CPU cores this process may use divided by "
+        "`threads`, at most the number of runs; 1 = one after another in the flow's process. "
+        "Runs are independent and seeded, so results and lake keys do not depend on it. Not "
+        "part of the lineage key.",
     )
 
     @field_validator("num_layers")
@@ -347,16 +365,17 @@ class FinetuneConfig(_Config):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="Autocast precision: 'bf16' or 'fp16' (with a gradient scaler) on a CUDA device; "
-        "'fp32' on CPU. Outputs are float32 either way.",
+        "'bf16' also on a CPU with AVX512-BF16 or AMX-BF16 (checked when fine-tuning starts); "
+        "'fp32' anywhere. Outputs are float32 either way.",
     )
     threads: int | None = Field(
         None, ge=1, description="torch intra-op threads while fine-tuning; None = leave as is (not part of the key)."
     )
 
     @model_validator(mode="after")
-    def _precision_needs_gpu(self) -> FinetuneConfig:
-        if self.precision != "fp32" and not self.device.startswith("cuda"):
-            raise ValueError(f"precision {self.precision!r} needs a CUDA device; on {self.device!r} use 'fp32'")
+    def _fp16_needs_gpu(self) -> FinetuneConfig:
+        if self.precision == "fp16" and not self.device.startswith("cuda"):
+            raise ValueError(f"precision 'fp16' needs a CUDA device; on {self.device!r} use 'bf16' or 'fp32'")
         return self
 
     def key_fields(self) -> dict[str, Any]:

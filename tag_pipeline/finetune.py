@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from tag_pipeline import hardware
 from tag_pipeline.config import FINETUNE_EXECUTION_FIELDS, FinetuneConfig
 
 FINETUNE_STAGE_VERSION = 1
@@ -254,6 +255,8 @@ def _batcher(
 
 
 def _autocast(cfg: FinetuneConfig, device: torch.device):
+    """``torch.autocast`` in ``cfg.precision`` on ``device`` (CUDA, or a CPU with native bf16:
+    :func:`finetune_node_classifier` checks first); a no-op for fp32."""
     if cfg.precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
@@ -362,12 +365,21 @@ def finetune_node_classifier(
         FinetuneResult: ``x`` ``[N, hidden]`` float32 (hidden = 384 for MiniLM), ``logits``
         ``[N, C]`` float32, ``best_epoch``, ``val_acc``, ``train_acc``, ``history``, ``seconds``.
 
+    Precision: ``cfg.precision="bf16"`` runs forward passes under ``torch.autocast`` in bf16, on
+    CUDA or on a CPU with native bf16 (flag ``avx512_bf16`` or ``amx_bf16``); elsewhere on a
+    CPU it is refused before anything is loaded (emulated bf16 is 6-9x slower than float32).
+    ``"fp16"`` (CUDA only) adds a gradient scaler. Embeddings and logits are float32 always.
+
     Raises:
-        ValueError: no train nodes, lengths that disagree, indices out of range, or a train or
-            val label outside ``0..num_classes-1``.
+        ValueError: ``cfg.precision="bf16"`` on a CPU without ``avx512_bf16`` / ``amx_bf16``
+            (the message names them; :func:`tag_pipeline.hardware.check_training_precision`),
+            no train nodes, lengths that disagree, indices out of range, or a train or val
+            label outside ``0..num_classes-1``.
         OSError: the model cannot be found locally and no hub is reachable.
     """
     t0 = time.perf_counter()
+    flags = hardware.cpu_info().flags if torch.device(cfg.device).type == "cpu" else frozenset()
+    hardware.check_training_precision(cfg.precision, cfg.device, flags)
     n = len(texts)
     y = torch.as_tensor(labels).reshape(-1)
     if y.shape[0] != n:

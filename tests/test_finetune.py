@@ -238,7 +238,44 @@ def test_clear_errors(cora, tmp_path):
         finetune_node_classifier(cora["texts"], graph.labels, [], sp.val, graph.num_classes, CFG, 0, progress=False)
     with pytest.raises(ValueError, match="120 texts but 5 labels"):
         finetune_node_classifier(cora["texts"], graph.labels[:5], sp.train, sp.val, graph.num_classes, CFG, 0)
-    with pytest.raises(pydantic.ValidationError, match="needs a CUDA device"):
-        FinetuneConfig(precision="bf16")
+    with pytest.raises(pydantic.ValidationError, match="'fp16' needs a CUDA device"):
+        FinetuneConfig(precision="fp16")
     with pytest.raises(pydantic.ValidationError):
         FinetuneConfig(learning_rate=1e-4)
+
+
+def test_bf16_on_cpu_runs_with_native_bf16_and_is_refused_at_start_without(cora, monkeypatch):
+    """bf16 on a CPU passes the config (refused only when fine-tuning starts); the CPU's flags,
+    injected, decide: without avx512_bf16/amx_bf16 a ValueError naming them, before any
+    loading; with amx_bf16 a bf16-autocast run (emulated on this machine: 24 nodes, 16 tokens,
+    the top layer only) whose outputs are float32 and differ from the float32 run's."""
+    from tag_pipeline import hardware
+
+    cfg = CFG.model_copy(update={"precision": "bf16", "max_length": 16, "trainable_layers": 1, "batch_size": 8})
+    assert FinetuneConfig(precision="bf16").precision == "bf16"
+    g = cora["graph"]
+    texts, labels = cora["texts"][:24], g.labels[:24]
+    train, val = np.arange(16), np.arange(16, 24)
+
+    def loading(*a, **k):
+        raise AssertionError("refused precision: nothing should be loaded")
+
+    avx2 = hardware.CpuInfo("Test EPYC", frozenset({"avx2"}), "test")
+    monkeypatch.setattr(hardware, "cpu_info", lambda: avx2)
+    with monkeypatch.context() as m:
+        m.setattr("tag_pipeline.finetune.load_classifier", loading)
+        with pytest.raises(ValueError, match=r"finetune\.precision='bf16'.*avx512_bf16 or amx_bf16.*has avx2"):
+            finetune_node_classifier(texts, labels, train, val, g.num_classes, cfg, 0, progress=False)
+    fp32 = finetune_node_classifier(
+        texts, labels, train, val, g.num_classes, cfg.model_copy(update={"precision": "fp32"}), 0, progress=False
+    )
+
+    amx = hardware.CpuInfo("Test Xeon", frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"}), "test")
+    monkeypatch.setattr(hardware, "cpu_info", lambda: amx)
+    bf16 = finetune_node_classifier(texts, labels, train, val, g.num_classes, cfg, 0, progress=False)
+    assert bf16.x.shape == fp32.x.shape == (24, DIM)
+    assert bf16.x.dtype == bf16.logits.dtype == torch.float32
+    assert torch.isfinite(bf16.x).all() and torch.isfinite(bf16.logits).all()
+    assert not torch.equal(bf16.x, fp32.x)  # autocast ran
+    cos = F.cosine_similarity(bf16.x.double(), fp32.x.double(), dim=1)
+    assert (1 - cos).abs().max().item() < hardware.COSINE_BOUND  # measured ~8e-6: the same model, in bf16

@@ -255,6 +255,7 @@ def hash_memo(tmp_path, monkeypatch):
     """A fresh digest memo for this test, and a counter of the files actually read."""
     monkeypatch.setenv(lake.HASH_CACHE_ENV, str(tmp_path / "sha-memo"))
     monkeypatch.setattr(lake, "_hash_memo", None)
+    monkeypatch.setattr(lake, "MEMO_MIN_BYTES", 0)  # small files stand in for large ones
     reads: list[str] = []
     real = lake._read_sha256
 
@@ -330,3 +331,15 @@ def test_hashing_works_without_a_memo(tmp_path, monkeypatch):
     f.write_bytes(b"abc")
     assert lake.file_sha256(f) == hashlib.sha256(b"abc").hexdigest()
     assert lake._memo() is None
+
+
+def test_small_files_are_always_hashed(tmp_path, hash_memo, monkeypatch):
+    import time
+
+    monkeypatch.setattr(lake, "MEMO_MIN_BYTES", 1 << 20)
+    f = tmp_path / "manifest-sized"
+    f.write_bytes(b"a" * 1000)
+    time.sleep(2.1)
+    lake.file_sha256(f)
+    lake.file_sha256(f)
+    assert len(hash_memo) == 2  # a lookup would cost as much as the hash

@@ -142,8 +142,10 @@ def export_key(model_dir: str | Path, max_length: int, opset: int = ONNX_OPSET) 
     """Hash (16 hex digits) of everything an export depends on.
 
     Covers the resolved model directory, name, size and mtime of its weight, config and
-    vocabulary files, ``max_length``, ``opset``, :data:`EXPORT_FORMAT_VERSION` and the
-    versions of onnxruntime, torch and transformers.
+    vocabulary files, ``opset``, :data:`EXPORT_FORMAT_VERSION` and the versions of
+    onnxruntime, torch and transformers. Not ``max_length``: the exported graph takes inputs
+    of any length (exports at 16, 32, 48, 128 and 256 tokens were byte-identical), so one
+    export serves every length; the argument is kept for callers and ignored.
     """
     import onnxruntime
     import transformers
@@ -157,7 +159,6 @@ def export_key(model_dir: str | Path, max_length: int, opset: int = ONNX_OPSET) 
     payload = {
         "model_dir": str(model_dir),
         "files": files,
-        "max_length": int(max_length),
         "opset": int(opset),
         "format": EXPORT_FORMAT_VERSION,
         "onnxruntime": onnxruntime.__version__,
@@ -350,7 +351,7 @@ def ensure_onnx_model(
 
     Args:
         model_dir: local model directory.
-        max_length: tokens kept per text (part of the cache key).
+        max_length: tokens kept per text (not part of the cache key: see :func:`export_key`).
         cache_dir: folder of exports. (default: :func:`default_cache_dir`)
         opset: ONNX opset. (default: :data:`ONNX_OPSET`)
         name: readable prefix of the file name (not part of the key).
@@ -374,7 +375,6 @@ def ensure_onnx_model(
     fused = export_transformer(model_dir, onnx_path, opset)
     manifest = {
         "model_dir": str(model_dir.resolve()),
-        "max_length": max_length,
         "opset": opset,
         "fused": fused,
         "size": onnx_path.stat().st_size,

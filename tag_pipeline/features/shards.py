@@ -317,12 +317,32 @@ def embed_in_shards(
     folder = Path(folder)
     texts = list(texts)
     ranges = shard_ranges(len(texts), shard_size)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise lake.annotate_os_error(e, folder, "cannot create the shard folder") from e
     lake.remove_stale_temps(folder)
+    try:
+        return _embed_into(texts, encode, folder, ranges, progress, desc)
+    except BaseException:
+        if created:  # a run that failed before its first shard leaves no empty folder behind
+            _remove_if_empty(folder)
+        raise
 
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` (and its parent ``.shards``) if nothing but stale temporaries is in it."""
+    try:
+        lake.remove_stale_temps(folder)
+        folder.rmdir()
+        folder.parent.rmdir()
+    except OSError:  # not empty: committed shards are the checkpoint, keep them
+        pass
+
+
+def _embed_into(texts, encode, folder: Path, ranges, progress: bool, desc: str) -> ShardedMatrix:
+    """The body of :func:`embed_in_shards` once ``folder`` exists."""
     parts: dict[int, torch.Tensor] = {}
     me = _writer()
     writers = {me}

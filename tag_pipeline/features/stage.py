@@ -4,15 +4,22 @@ Text embeddings are computed in shards (:mod:`tag_pipeline.features.shards`): ea
 ``shard_size`` nodes is committed as soon as it is embedded, so a killed or failed run resumes
 with only the missing shards; the final artifact is assembled from them and committed
 atomically, and the shards are then removed.
+
+How the vectors were computed (runtime and precision, chosen once per stage by
+:func:`~tag_pipeline.features.text.encoder_path` from the machine's CPU flags or the config)
+is recorded in the artifact's manifest (``encoder``, ``cpu``), never in its key: every path
+stays within 1e-3 cosine of float32.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
+import torch
 
-from tag_pipeline import lake
+from tag_pipeline import hardware, lake
 from tag_pipeline.config import LMConfig
 from tag_pipeline.datasets import graph_content_key, open_graph
 from tag_pipeline.features.shards import (
@@ -24,7 +31,7 @@ from tag_pipeline.features.shards import (
     shard_ranges,
 )
 from tag_pipeline.features.store import write_feature
-from tag_pipeline.features.text import encode_texts, model_digest
+from tag_pipeline.features.text import EncoderPath, encode_texts, encoder_path, model_digest
 
 FEATURE_STAGE_VERSION = 1
 
@@ -70,29 +77,42 @@ def text_feature_path(graph_path: Path, responses_path: Path | None, feature: st
 
     The key hashes the stage version, the feature, the upstream artifact (the graph's content,
     :func:`~tag_pipeline.datasets.graph_content_key`, for TA: not its splits; LLM answers for E)
-    and the encoder config but for ``device``, ``batch_size``, ``shard_size`` and
-    ``runtime`` (how, not what, is computed: rows agree to float rounding; ``e_text`` too for TA),
+    and the encoder config but for ``device``, ``batch_size``, ``shard_size``, ``runtime`` and
+    ``precision`` (how, not what, is computed: rows agree to 1e-3 cosine, float32's rounding
+    for the float32 paths; ``e_text`` too for TA),
     and the digest of the encoder's files (:func:`~tag_pipeline.features.text.model_digest`):
     new weights at the same path re-embed.
     """
     upstream = graph_content_key(graph_path) if feature == "TA" else responses_path.name if responses_path else None
-    how = {"device", "batch_size", "shard_size", "runtime"} | ({"e_text"} if feature == "TA" else set())
+    how = {"device", "batch_size", "shard_size", "runtime", "precision"} | ({"e_text"} if feature == "TA" else set())
     key = lake.config_hash(
         FEATURE_STAGE_VERSION, feature, upstream, lm.model_dump(mode="json", exclude=how), model_digest(lm.model)
     )
     return lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"{feature}-{key}")
 
 
-def _encoder(lm: LMConfig):
-    """``texts -> [len(texts), dim]`` float32 with the encoder of ``lm`` (no progress bar)."""
+def _encoder(lm: LMConfig) -> tuple[Callable[[list[str]], torch.Tensor], EncoderPath]:
+    """The encoder of ``lm`` for one stage: ``(encode, path)``.
 
-    def encode(chunk: list[str]):
+    The path (runtime and precision) is resolved here, once (:func:`encoder_path`: CPU flags,
+    model pipeline), and every shard's ``encode(texts) -> [len(texts), dim]`` float32 call
+    runs it with those concrete values (no progress bar).
+    """
+    path = encoder_path(lm.model, device=lm.device, runtime=lm.runtime, precision=lm.precision)
+
+    def encode(chunk: list[str]) -> torch.Tensor:
         return encode_texts(
             chunk, lm.model, max_length=lm.max_length, batch_size=lm.batch_size, device=lm.device,
-            show_progress=False, runtime=lm.runtime,
+            show_progress=False, runtime=path.runtime, precision=path.precision,
         )
 
-    return encode
+    return encode, path
+
+
+def encoder_manifest(path: EncoderPath) -> dict:
+    """Manifest fields of a text feature: ``{"encoder": {runtime, precision, reason}, "cpu":
+    {model, flags, source}}`` (JSON-able; see :class:`~tag_pipeline.hardware.CpuInfo`)."""
+    return {"encoder": path.as_dict(), "cpu": hardware.cpu_info().as_dict()}
 
 
 def missing_text_shards(
@@ -130,7 +150,8 @@ def embed_text_shard(
     """
     path = text_feature_path(graph_path, responses_path, feature, lm, lake_root)
     texts = feature_texts(graph_path, responses_path, feature, lm.e_text)
-    return embed_shard(texts, _encoder(lm), shard_folder(path), index, shard_size=lm.shard_size)
+    encode, _ = _encoder(lm)
+    return embed_shard(texts, encode, shard_folder(path), index, shard_size=lm.shard_size)
 
 
 def materialize_text_feature(
@@ -157,7 +178,8 @@ def materialize_text_feature(
         graph_path: graph artifact directory.
         responses_path: LLM responses artifact directory (needed for ``E``).
         feature: ``"TA"`` or ``"E"``.
-        lm: the encoder config (``device``, ``batch_size`` and ``shard_size`` do not enter the key).
+        lm: the encoder config (``device``, ``batch_size``, ``shard_size``, ``runtime`` and
+            ``precision`` do not enter the key).
         lake_root: root of the lake.
         shard_size: nodes per committed shard; an execution detail, not part of the key.
             (default: ``lm.shard_size``, 512)
@@ -165,7 +187,9 @@ def materialize_text_feature(
 
     Returns:
         Artifact directory ``<lake>/<dataset>/features/<feature>-<key>`` with
-        ``features.safetensors`` and ``index.parquet``.
+        ``features.safetensors`` and ``index.parquet``; its manifest records the encoder path
+        (``encoder``: runtime, precision, reason) and the CPU (``cpu``: model, flags) of the
+        committing process (:func:`encoder_manifest`).
 
     Raises:
         ValueError: see :func:`feature_texts`.
@@ -184,8 +208,9 @@ def materialize_text_feature(
             return path
         texts = feature_texts(graph_path, responses_path, feature, lm.e_text)
         shard_size = lm.shard_size if shard_size is None else shard_size
+        encode, how = _encoder(lm)
         sharded = embed_in_shards(
-            texts, _encoder(lm), shards, shard_size=shard_size, progress=progress, desc=f"embed {feature}"
+            texts, encode, shards, shard_size=shard_size, progress=progress, desc=f"embed {feature}"
         )
         x = sharded.x
         inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
@@ -196,6 +221,8 @@ def materialize_text_feature(
                 # lineage of a resumed run: shards embedded by the committing run vs found committed
                 "shards_computed": len(sharded.computed), "shards_reused": len(sharded.reused),
                 "shard_writers": list(sharded.writers),
+                # how the committing process embeds (shards found committed may come from others)
+                **encoder_manifest(how),
             },
         ) as tmp:
             write_feature(tmp, x, feature=feature, source=lm.model)

@@ -250,7 +250,7 @@ def test_sharded_stage_matches_one_unsharded_encoder_call(shared_data, tmp_path)
     from tag_pipeline.datasets import graph_content_key, materialize_graph
     from tag_pipeline.features.stage import feature_texts, materialize_text_feature
     from tag_pipeline.features.store import read_feature
-    from tag_pipeline.features.text import encode_texts
+    from tag_pipeline.features.text import encode_texts, model_digest
 
     lm = LMConfig(max_length=32)
     graph = materialize_graph(DatasetConfig(root=shared_data, subset=300), [0], tmp_path)
@@ -264,8 +264,33 @@ def test_sharded_stage_matches_one_unsharded_encoder_call(shared_data, tmp_path)
     assert manifest["shard_size"] == 64 and manifest["dim"] == 384 and manifest["rows"] == 300
     assert not shard_folder(path).exists() and not shard_folder(path).parent.exists()
     # the lineage key covers the graph's content and the encoder, not how it was sharded
-    lm_json = lm.model_dump(mode="json", exclude={"device", "batch_size", "e_text", "shard_size", "runtime"})
-    key = lake.config_hash(1, "TA", graph_content_key(graph), lm_json)
+    how = {"device", "batch_size", "e_text", "shard_size", "runtime", "precision"}
+    key = lake.config_hash(1, "TA", graph_content_key(graph), lm.model_dump(mode="json", exclude=how), model_digest(lm.model))
     assert path.name == f"TA-{key}"
     # the shard size is not lineage: another size finds the same artifact
     assert materialize_text_feature(graph, None, "TA", lm, tmp_path, shard_size=7, progress=False) == path
+
+
+def test_a_run_failing_before_its_first_shard_leaves_no_folder(tmp_path):
+    """A stage that fails at once (say, its model is missing) leaves no empty shard folder;
+    one that fails later keeps its committed shards for the resume."""
+    folder = shard_folder(tmp_path / "features" / "TA-abc")
+
+    def missing_model(texts):
+        raise OSError("models/minilm: no such model")
+
+    with pytest.raises(OSError, match="no such model"):
+        embed_in_shards(TEXTS, missing_model, folder, shard_size=5, progress=False)
+    assert not folder.exists() and not folder.parent.exists()
+
+    calls = []
+
+    def fails_on_third(texts):
+        calls.append(texts)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return torch.stack([fake_vector(t) for t in texts])
+
+    with pytest.raises(RuntimeError, match="killed"):
+        embed_in_shards(TEXTS, fails_on_third, folder, shard_size=5, progress=False)
+    assert committed_shards(folder) == [0, 1]
