@@ -6,11 +6,13 @@
 #   scripts/main.sh --param dataset='{"subset": 300}' # any `prefect deployment run` options
 #
 # It (1) creates/updates .venv, (2) starts a local Prefect server (SQLite, 127.0.0.1, state in
-# .prefect/) unless one is already healthy, (3) creates the process work pool, (4) installs
-# the automation that marks zombie runs Crashed (deployments/automations.py), (5) deploys
-# prefect.yaml, (6) starts a worker unless one is running, (7) runs `prefect deployment run
-# tag/full --watch` and (8) prints the flow run's report. Run again, it reuses the server and
-# the worker. scripts/stop.sh stops them.
+# .prefect/) unless one is already healthy, (3) starts a worker unless one is running, then, in
+# one Python process (deployments/prepare.py), (4) creates the process work pools, (5) installs
+# the automation that marks zombie runs Crashed (deployments/automations.py), (6) deploys
+# prefect.yaml unless nothing it deploys changed since the last deploy to this server and its
+# deployments are still there as deployed, (7) runs `prefect deployment run tag/full --watch`
+# and (8) prints the flow run's report. Every step it skips says why in one line. Run again,
+# it reuses the server and the worker. scripts/stop.sh stops them.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$PROJECT_DIR/scripts/setup.sh"
@@ -47,36 +49,20 @@ else
   healthy || { echo "[main] server did not become healthy; see $LOG_DIR/server.log" >&2; tail -20 "$LOG_DIR/server.log" >&2; exit 1; }
 fi
 
-# tag-local runs here; tag-gpu waits for a worker on a GPU machine (deployment tag/llm-vllm).
-for pool in "$TAG_WORK_POOL" tag-gpu; do
-  if ! prefect work-pool inspect "$pool" > /dev/null 2>&1; then
-    prefect work-pool create "$pool" --type process > /dev/null
-    echo "[main] created process work pool $pool"
-  fi
-done
-
-# A run whose process dies with its worker stays Running; this automation marks it Crashed
-# when its heartbeats stop, so `prefect flow-run retry` can resume it.
-python deployments/automations.py > "$LOG_DIR/automations.log" 2>&1 || { cat "$LOG_DIR/automations.log" >&2; exit 1; }
-grep -q "' unchanged (" "$LOG_DIR/automations.log" || sed 's/^\[automations\]/[main]/' "$LOG_DIR/automations.log"
-
-echo "[main] deploying prefect.yaml"
-prefect --no-prompt deploy --all > "$LOG_DIR/deploy.log" 2>&1 || { cat "$LOG_DIR/deploy.log" >&2; exit 1; }
-
 worker_pid="$(cat "$PREFECT_HOME/worker.pid" 2>/dev/null || true)"
 if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then
   echo "[main] worker already running (pid $worker_pid)"
 else
   echo "[main] starting a worker on pool $TAG_WORK_POOL (log: $LOG_DIR/worker.log)"
-  nohup prefect worker start --pool "$TAG_WORK_POOL" --type process \
+  # It asks for scheduled runs every second (Prefect's default, 10 s, left a new run waiting
+  # up to 10 s); it creates its pool if the pool does not exist yet.
+  PREFECT_WORKER_QUERY_SECONDS="${PREFECT_WORKER_QUERY_SECONDS:-1}" nohup prefect worker start --pool "$TAG_WORK_POOL" --type process \
     > "$LOG_DIR/worker.log" 2>&1 < /dev/null &
   echo $! > "$PREFECT_HOME/worker.pid"
 fi
 
-echo "[main] prefect deployment run tag/full --watch $*"
-set +e
-prefect deployment run tag/full --watch "$@"
-status=$?
-set -e
-python deployments/show_run.py --deployment tag/full
-exit $status
+# Work pools, the zombie automation (marks a run Crashed when its heartbeats stop, so
+# `prefect flow-run retry` can resume it), the deployments (only when prefect.yaml, flows/*.py
+# or the config models changed, or the server lost them), then the run and its report: all in
+# one Python process, each Prefect import costs seconds.
+exec python deployments/prepare.py --pool "$TAG_WORK_POOL" --log-dir "$LOG_DIR" --run tag/full -- "$@"
