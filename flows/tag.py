@@ -32,7 +32,7 @@ from tasks.features import build_prediction_feature, embed_text, finetune_lm
 from tasks.llm import query_llm
 from tasks.report import report
 from tasks.train import ensemble as ensemble_task
-from tasks.train import train_gnn
+from tasks.train import train_gnn_runs
 
 
 @contextmanager
@@ -133,22 +133,23 @@ def tag(
     if cfg.stop_after == "features":
         return finish([])
 
-    total = len(cfg.lm_modes) * len(cfg.models) * len(cfg.seeds) * len(features)
-    progress = create_progress_artifact(progress=0.0, description=f"GNN training runs ({total})")
-    runs: dict[tuple[str, int, str], list[dict]] = {}
+    # one training run per (encoder mode, model, seed, feature), up to gnn.workers at a time
+    calls = [
+        dict(
+            graph=graph, features=feature_paths[(mode, feature, seed)], feature=feature, model=model, seed=seed,
+            gnn=cfg.gnn, lake=lake_root, build=cfg.builds("train"), lm=mode,
+        )
+        for mode in cfg.lm_modes for model in cfg.models for seed in cfg.seeds for feature in features
+    ]
+    progress = create_progress_artifact(progress=0.0, description=f"GNN training runs ({len(calls)})")
     with _timed(timings, "train"):
-        done = 0
-        for mode in cfg.lm_modes:
-            for model in cfg.models:
-                for seed in cfg.seeds:
-                    for feature in features:
-                        run = train_gnn(
-                            graph, feature_paths[(mode, feature, seed)], feature, model, seed, cfg.gnn, lake_root,
-                            build=cfg.builds("train"), lm=mode,
-                        )
-                        runs.setdefault((model, seed, mode), []).append(run)
-                        done += 1
-                        update_progress_artifact(progress, progress=100.0 * done / total)
+        trained = train_gnn_runs(
+            calls, cfg.gnn.workers, cfg.gnn.threads,
+            on_done=lambda done: update_progress_artifact(progress, progress=100.0 * done / len(calls)),
+        )
+    runs: dict[tuple[str, int, str], list[dict]] = {}
+    for call, run in zip(calls, trained):
+        runs.setdefault((call["model"], call["seed"], call["lm"]), []).append(run)
 
     paths["training runs"] = str(cfg.lake / cfg.dataset.lake_name / "train")
     ensembles = []

@@ -192,7 +192,7 @@ def training_key(graph_name: str, feature_name: str, model_name: str, seed: int,
     another model's depth retrains nothing else."""
     from tag_pipeline import lake
 
-    fields = cfg.model_dump(exclude={"threads", "adjacency", "num_layers"}) | {"num_layers": cfg.layers_for(model_name)}
+    fields = cfg.model_dump(exclude={"threads", "workers", "adjacency", "num_layers"}) | {"num_layers": cfg.layers_for(model_name)}
     return lake.config_hash(TRAIN_STAGE_VERSION, graph_name, feature_name, model_name, seed, fields)
 
 
@@ -263,3 +263,70 @@ def materialize_training_run(
             predictions_frame(result.logits, y, split).write_parquet(tmp / PREDICTIONS_FILE)
             save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp / WEIGHTS_FILE))
         return dict(summary, path=str(path))
+
+
+def training_run_in_lake(
+    graph_path: "Path", feature_path: "Path", feature: str, model_name: str, seed: int, cfg: GNNConfig,
+    lake_root: "Path",
+) -> bool:
+    """Whether :func:`materialize_training_run` (same arguments) would return at once, its
+    artifact committed and intact in the lake, instead of training.
+
+    A probe that never trains or writes: any error (a graph artifact gone, a seed without a
+    split) answers ``False``, left for the real call to report. Like the real call, it moves
+    a corrupt artifact aside.
+    """
+    from tag_pipeline import lake
+
+    try:
+        with lake.lookup_only("only asking whether the run is in the lake"):
+            materialize_training_run(graph_path, feature_path, feature, model_name, seed, cfg, lake_root, progress=False)
+    except Exception:
+        return False
+    return True
+
+
+# --- how many training runs at once -------------------------------------------------------
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (``os.sched_getaffinity``, which
+    honours ``taskset`` and container cpusets), or ``os.cpu_count()`` where the platform has
+    no affinity call (macOS)."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def training_workers(workers: int | None, threads: int | None, runs: int, cores: int | None = None) -> int:
+    """Training runs to run at once: ``GNNConfig.workers`` resolved for this machine.
+
+    Each run gets a process of its own with ``threads`` torch threads, so the cores are shared
+    out as ``cores // threads`` processes; there is no point in more processes than runs.
+    Results do not depend on the answer (every run seeds torch itself), only the wall time.
+
+    Args:
+        workers (int, optional): ``GNNConfig.workers``: processes asked for, or ``None`` for
+            as many as the cores hold.
+        threads (int, optional): ``GNNConfig.threads``: torch threads per run; ``None`` is
+            torch's default (a thread per core), which leaves room for one run at a time.
+        runs (int): training runs to do.
+        cores (int, optional): CPU cores to share out; ``None`` = :func:`available_cores`.
+
+    Returns:
+        int: ``workers``, or ``cores // threads`` when it is ``None``; at most ``runs`` and
+        at least 1 (1 = one run after another in the caller's process).
+
+    Raises:
+        ValueError: ``workers``, ``threads`` or ``cores`` below 1, or ``runs`` below 0.
+    """
+    if (workers is not None and workers < 1) or (threads is not None and threads < 1) or runs < 0:
+        raise ValueError(f"need workers >= 1, threads >= 1, runs >= 0; got {workers}, {threads}, {runs}")
+    if workers is None:
+        cores = available_cores() if cores is None else cores
+        if cores < 1:
+            raise ValueError(f"cores must be >= 1, got {cores}")
+        workers = cores // threads if threads is not None else 1
+    return max(1, min(workers, runs))
