@@ -42,42 +42,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-#: /proc/cpuinfo flags reported when ``tag_pipeline.hardware`` is not there to name them.
-FLAG_PREFIXES = ("avx2", "avx512", "amx")
-
-
-def cpu_description() -> dict[str, Any]:
-    """The CPU: ``{"model", "flags", "source"}``.
-
-    ``tag_pipeline.hardware.cpu_info`` (the flags that decide the encoder path) when the
-    library has it; else ``/proc/cpuinfo``'s model name and its ``avx2``, ``avx512*`` and
-    ``amx*`` flags.
-    """
-    try:
-        from tag_pipeline.hardware import cpu_info
-    except ImportError:
-        pass
-    else:
-        return cpu_info().as_dict()
-    model, flags = "unknown", []
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return {"model": model, "flags": flags, "source": "unknown"}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model == "unknown":
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = sorted(f for f in value.split() if f.startswith(FLAG_PREFIXES))
-    return {"model": model, "flags": flags, "source": "/proc/cpuinfo"}
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def resolved_workers(gnn: Any, runs: int) -> int | None:
     """Training processes the flow will use for ``runs`` runs (``None`` if the library cannot say)."""
     try:
@@ -154,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from flows.tag import tag
     from tag_pipeline.config import DatasetConfig, GNNConfig, LMConfig
+    from tag_pipeline.hardware import available_cores, cpu_info
 
     seeds = [int(s) for s in args.seeds.split(",")]
     common = dict(dataset=DatasetConfig(name=args.dataset, root=args.root, subset=args.subset), seeds=seeds)
@@ -162,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         variants["baseline"] = dict(lm=LMConfig(runtime="torch", precision="fp32"), gnn=GNNConfig(workers=1))
     runs_per_variant = training_runs(tag, common["dataset"], seeds)
 
-    cpu = cpu_description()
+    cpu = cpu_info().as_dict()
     machine = {
         "cpu": cpu, "cores": available_cores(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "onnx_cache": str(onnx_cache), "onnx_cached_before": onnx_cached_before,

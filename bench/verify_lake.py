@@ -45,6 +45,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from tag_pipeline import lake  # noqa: E402
+from tag_pipeline.hardware import available_cores  # noqa: E402
 
 #: Instruction-set flags worth naming in a benchmark's header (sha256 itself uses SHA-NI when present).
 _FLAG_PATTERN = re.compile(r"^(avx2|avx512\w*|amx\w*|sha_ni)$")
@@ -85,8 +86,7 @@ def cpu_line() -> str:
     except OSError:
         pass
     model = model or platform.processor() or platform.machine() or "unknown CPU"
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}; flags: {', '.join(flags) or 'none of avx2/avx512*/amx*'}; {available} CPUs available"
+    return f"{model}; flags: {', '.join(flags) or 'none of avx2/avx512*/amx*'}; {available_cores()} CPUs available"
 
 
 def find_artifacts(root: Path) -> LakeContents:

@@ -305,3 +305,14 @@ def check_training_precision(
             f"{field}.precision='bf16' on the CPU needs native bf16, CPU flag avx512_bf16 or amx_bf16; "
             f"this CPU has {_flag_text(flags)}: use {field}.precision='fp32'"
         )
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (``os.sched_getaffinity``, which
+    honours ``taskset`` and container cpusets), or ``os.cpu_count()`` where the platform has
+    no affinity call (macOS)."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

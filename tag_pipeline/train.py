@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from tag_pipeline.config import GNNConfig
 from tag_pipeline.datasets.base import Split
+from tag_pipeline.hardware import available_cores
 from tag_pipeline.models import build_model, graph_operator
 
 
@@ -287,17 +288,6 @@ def training_run_in_lake(
 
 
 # --- how many training runs at once -------------------------------------------------------
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on: its affinity mask (``os.sched_getaffinity``, which
-    honours ``taskset`` and container cpusets), or ``os.cpu_count()`` where the platform has
-    no affinity call (macOS)."""
-    import os
-
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def training_workers(workers: int | None, threads: int | None, runs: int, cores: int | None = None) -> int:

@@ -17,6 +17,7 @@ from tasks import STAGE_TASK_OPTIONS, reading, stage_task_options
 
 
 def _opt_path(value: str | None) -> Path | None:
+    """A task's optional path argument (the responses artifact: ``None`` for TA) as a ``Path``."""
     return Path(value) if value else None
 
 
@@ -42,14 +43,14 @@ def embed_text(graph: str, responses: str | None, feature: str, lm: LMConfig, la
     """Embed TA or E text with the LM; return the feature artifact path (``build=False``: lookup only)."""
     with reading(build, "features"):
         return str(
-            materialize_text_feature(Path(graph), Path(responses) if responses else None, feature, lm, Path(lake))
+            materialize_text_feature(Path(graph), _opt_path(responses), feature, lm, Path(lake))
         )
 
 
 @task(name="plan-shards", task_run_name="plan-shards-{feature}", cache_policy=NO_CACHE, retries=1)
 def plan_text_shards(graph: str, responses: str | None, feature: str, lm: LMConfig, lake: str) -> list[int]:
     """Shards of the TA/E feature still to embed (``[]`` when its artifact exists)."""
-    return missing_text_shards(Path(graph), Path(responses) if responses else None, feature, lm, Path(lake))
+    return missing_text_shards(Path(graph), _opt_path(responses), feature, lm, Path(lake))
 
 
 @task(name="embed-shard", task_run_name="embed-{feature}-shard{index}", cache_policy=NO_CACHE, retries=2,
@@ -60,7 +61,7 @@ def embed_text_shard_task(graph: str, responses: str | None, feature: str, lm: L
     Not cached by Prefect: the committed shard is the checkpoint, and the call is a no-op when
     it exists.
     """
-    return embed_text_shard(Path(graph), Path(responses) if responses else None, feature, lm, Path(lake), index)
+    return embed_text_shard(Path(graph), _opt_path(responses), feature, lm, Path(lake), index)
 
 
 @task(name="finetune-lm", task_run_name="finetune-{feature}-s{seed}", **stage_task_options(_finetune_lineage))
@@ -72,7 +73,7 @@ def finetune_lm(
 
     with reading(build, "features"):
         return str(materialize_finetuned_feature(
-            Path(graph), Path(responses) if responses else None, feature, seed, finetune, Path(lake)
+            Path(graph), _opt_path(responses), feature, seed, finetune, Path(lake)
         ))
 
 

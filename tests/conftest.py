@@ -87,3 +87,22 @@ def task_states():
 def task_runs():
     """``task_runs(flow_run_id) -> [TaskRun]`` once all are final (run counts, states)."""
     return _final_task_runs
+
+
+@pytest.fixture(scope="session")
+def flow_run_artifacts():
+    """``flow_run_artifacts(flow_run_id, kind) -> [data, ...]``: the data of the flow run's
+    Prefect artifacts of one type (``"markdown"``, ``"progress"``, ``"table"``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    def read(flow_run_id, kind: str) -> list:
+        with get_client(sync_client=True) as client:
+            arts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=[kind])
+                )
+            )
+        return [a.data for a in arts]
+
+    return read

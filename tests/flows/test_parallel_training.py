@@ -88,22 +88,10 @@ def _train_results(flow_run_id, task_runs) -> dict[str, dict]:
     return {r.name: r.state.result() for r in task_runs(flow_run_id) if r.name.startswith("train-")}
 
 
-def _progress(flow_run_id) -> list[float]:
-    """The values of the flow run's progress artifacts."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
-
-    with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["progress"])
-            )
-        )
-    return [a.data for a in arts]
-
-
 @pytest.mark.slow
-def test_two_workers_train_the_same_runs_as_one(prefect_harness, shared_data, tmp_path, task_states, task_runs):
+def test_two_workers_train_the_same_runs_as_one(
+    prefect_harness, shared_data, tmp_path, task_states, task_runs, flow_run_artifacts
+):
     from flows.tag import tag
 
     base = dict(
@@ -138,7 +126,7 @@ def test_two_workers_train_the_same_runs_as_one(prefect_harness, shared_data, tm
     assert sorted(n for n in task_states(seq.state_details.flow_run_id) if n.startswith("train-")) == sorted(
         TRAIN_RUNS
     )
-    assert _progress(par_id) == [100.0]
+    assert flow_run_artifacts(par_id, "progress") == [100.0]
 
     # ... and ran in worker processes, more than one; the sequential ones in this process
     par_results = _train_results(par_id, task_runs)

@@ -16,20 +16,9 @@ def _artifact_dirs(lake: Path) -> set[str]:
     return {str(p.relative_to(lake)) for p in lake.glob("*/*/*") if p.is_dir()}
 
 
-def _markdown_artifacts(flow_run_id) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
-
-    with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["markdown"])
-            )
-        )
-    return [a.data for a in arts]
-
-
-def test_tag_flow_on_cora_slice_then_all_cache_hits(prefect_harness, shared_data, tmp_path, task_states):
+def test_tag_flow_on_cora_slice_then_all_cache_hits(
+    prefect_harness, shared_data, tmp_path, task_states, flow_run_artifacts
+):
     from flows.tag import tag
 
     lake = tmp_path / "lake"
@@ -59,7 +48,7 @@ def test_tag_flow_on_cora_slice_then_all_cache_hits(prefect_harness, shared_data
     states = task_states(first_run)
     assert sum(name.startswith("train-") for name in states) == 3 * 3 * 2
     assert all(s == "Completed" for s in states.values()), states
-    reports = _markdown_artifacts(first_run)
+    reports = flow_run_artifacts(first_run, "markdown")
     assert len(reports) == 1 and "h_TAPE" in reports[0] and "0.9119" in reports[0]
 
     artifacts_before = _artifact_dirs(lake)
