@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tag_pipeline.llm.config import OfflineLLMConfig, OnlineLLMConfig
+from tag_pipeline.methods import MethodConfig, TapeMethod
 
 Feature = Literal["TA", "E", "P"]
 ModelName = Literal["mlp", "gcn", "sage", "revgat"]
@@ -391,6 +392,13 @@ class PipelineConfig(_Config):
     """A whole run of the ``tag`` flow."""
 
     dataset: DatasetConfig = Field(DatasetConfig(), description="Dataset to load.")
+    method: MethodConfig = Field(
+        TapeMethod(),
+        description="The method: {'name': 'tape'} (TAPE, the default) or {'name': 'gallon', ...} "
+        "(GALLON's graph-free MLP student, distilled from TAPE's GNNs and an LM teacher); each has "
+        "its own documented fields (tag_pipeline.methods). The TAPE grid below (features, models, "
+        "lm_modes, gnn, ensemble) is also the teacher grid of methods built on TAPE's GNNs.",
+    )
     features: list[Feature] = Field(
         ["TA", "E", "P"],
         description="Node features to train on: TA (title+abstract), E (explanation), P (ranked predictions).",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import statistics
 from pathlib import Path
 
 import polars as pl
 
 from tag_pipeline import lake
+from tag_pipeline.methods import MethodBase, TapeMethod
 
 REPORT_STAGE_VERSION = 2  # 2: one-seed cells without "± 0.0000"
 METRICS_FILE = "metrics.parquet"
@@ -38,16 +40,21 @@ def metrics_frame(dataset: str, runs: Sequence[Mapping]) -> pl.DataFrame:
     Returns:
         columns ``dataset`` utf8, ``model`` utf8, ``feature`` utf8 (TA, E, P, TAPE), ``lm`` utf8
         (``frozen`` or ``finetuned``: the encoder behind TA/E; P runs carry the mode of the
-        ensemble they belong to), ``seed`` int64, ``split`` utf8 (val, test), ``accuracy`` float64.
+        ensemble they belong to), ``seed`` int64, ``split`` utf8 (val, test), ``accuracy`` float64,
+        ``method`` utf8 (``tape`` when absent), ``infer_ms_per_node`` float64 (forward time per
+        node in ms where the method measured it, else null). Runs of other methods carry their variant
+        (``student``, ``gnn-teacher`` ...) in ``feature``.
     """
     rows = [
-        {"dataset": dataset, "model": r["model"], "feature": r["feature"], "lm": r.get("lm", "frozen"),
-         "seed": int(r["seed"]), "split": split, "accuracy": float(r[f"{split}_acc"])}
+        {"dataset": dataset, "model": r["model"], "feature": r.get("feature", r.get("variant")),
+         "lm": r.get("lm", "frozen"), "seed": int(r["seed"]), "split": split,
+         "accuracy": float(r[f"{split}_acc"]), "method": r.get("method", "tape"),
+         "infer_ms_per_node": r.get("infer_ms_per_node")}
         for r in runs
         for split in ("val", "test")
     ]
     schema = {"dataset": pl.Utf8, "model": pl.Utf8, "feature": pl.Utf8, "lm": pl.Utf8, "seed": pl.Int64,
-              "split": pl.Utf8, "accuracy": pl.Float64}
+              "split": pl.Utf8, "accuracy": pl.Float64, "method": pl.Utf8, "infer_ms_per_node": pl.Float64}
     return pl.DataFrame(rows, schema=schema).sort("model", "feature", "lm", "seed", "split")
 
 
@@ -95,7 +102,8 @@ def accuracy_table(metrics: pl.DataFrame, split: str, dataset: str) -> str:
 LM_TITLES = {"frozen": "frozen LM (sentence encoder as is)", "finetuned": "fine-tuned LM (per seed, train nodes only)"}
 
 
-def _accuracy_section(dataset: str, metrics: pl.DataFrame) -> list[str]:
+def tape_accuracy_section(dataset: str, metrics: pl.DataFrame) -> list[str]:
+    """TAPE's accuracy tables (models x features, test then validation, per encoder mode)."""
     seeds = sorted(metrics["seed"].unique().to_list())
     modes = _ordered(metrics["lm"].unique().to_list(), list(LM_TITLES)) if "lm" in metrics.columns else [None]
     out = [
@@ -112,6 +120,69 @@ def _accuracy_section(dataset: str, metrics: pl.DataFrame) -> list[str]:
             part = metrics if mode is None else metrics.filter(pl.col("lm") == mode)
             label = f"{title}, {LM_TITLES.get(mode, mode)}:" if len(modes) > 1 else f"{title}:"
             out += [label, "", accuracy_table(part, split, dataset), ""]
+    return out
+
+
+def _cell(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def variant_table(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> list[str]:
+    """A method's accuracy section by default: one row per (model, variant) of the method,
+    test and validation accuracy, mean ± std over seeds, and its published number if any."""
+    part = metrics.filter(pl.col("method") == method.name) if "method" in metrics.columns else metrics
+    published = method.published(dataset)
+    seeds = sorted(part["seed"].unique().to_list())
+    out = [f"# {method.title} on {dataset}: node classification accuracy", "",
+           f"Mean ± std over seeds {seeds} (best epoch by validation accuracy). {method.reference}", "",
+           "| model | variant | test | val | published |", "|---|---|---|---|---|"]
+    for (model, variant), rows in sorted(part.group_by("model", "feature"), key=lambda kv: kv[0]):
+        test = rows.filter(pl.col("split") == "test")["accuracy"].to_list()
+        val = rows.filter(pl.col("split") == "val")["accuracy"].to_list()
+        pub = published.get(model)
+        out.append(f"| {MODEL_TITLES.get(model, model)} | {variant} | {_cell(test)} | {_cell(val)} | "
+                   f"{f'{pub:.4f}' if pub is not None else '–'} |")
+    return out + [""]
+
+
+GALLON_VARIANTS = (
+    ("student", "MLP student (distilled; no edges at inference)"),
+    ("mlp", "plain MLP (same features, CE only)"),
+    ("lm-teacher", "LM teacher (linear head on frozen TA+E)"),
+    ("gnn-teacher", "GNN teacher (h_TAPE, chosen on validation)"),
+)
+
+
+def gallon_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> list[str]:
+    """GALLON's report: the student beside its teachers and a plain MLP (test and validation
+    accuracy, mean ± std over seeds), then TAPE's tables of the GNNs it was distilled from."""
+    ours = metrics.filter(pl.col("method") == "gallon")
+    seeds = sorted(ours["seed"].unique().to_list())
+    out = [f"# GALLON on {dataset}: node classification accuracy", "",
+           f"Mean ± std over seeds {seeds}; every choice (teacher, alpha, beta, T) on validation "
+           f"accuracy. {method.reference}.", "",
+           "| predictor | test | val | inference ms/node |", "|---|---|---|---|"]
+    for variant, title in GALLON_VARIANTS:
+        rows = ours.filter(pl.col("feature") == variant)
+        if rows.is_empty():
+            continue
+        models = sorted(set(rows["model"].to_list()))
+        label = title if variant != "gnn-teacher" else f"{title}: {', '.join(MODEL_TITLES.get(m, m) for m in models)}"
+        ms = rows["infer_ms_per_node"].drop_nulls()
+        out.append(f"| {label} | {_cell(rows.filter(pl.col('split') == 'test')['accuracy'].to_list())} | "
+                   f"{_cell(rows.filter(pl.col('split') == 'val')['accuracy'].to_list())} | "
+                   f"{f'{ms.median():.5f}' if len(ms) else '–'} |")
+    out += ["", "Inference ms/node: median over seeds of one full-batch forward pass divided by the "
+            "nodes (features in memory, same process and threads); the GNN teacher's is the sum "
+            "of its h_TAPE members' passes."]
+    out += ["", "## The GNNs (TAPE's stages, the teachers)", ""]
+    tape = metrics.filter(pl.col("method") == "tape")
+    if not tape.is_empty():
+        out += tape_accuracy_section(dataset, tape)[2:]
     return out
 
 
@@ -157,6 +228,7 @@ def render_report(
     llm_stats: Mapping | None = None,
     missing_features: Sequence[str] = (),
     stop_after: str = "report",
+    method: MethodBase | None = None,
 ) -> str:
     """The markdown report of one flow run.
 
@@ -168,12 +240,14 @@ def render_report(
         llm_stats: the LLM stage's statistics (zero-shot accuracy, agreement).
         missing_features: features the dataset lacks (reported, not trained).
         stop_after: the last stage the run was asked to run.
+        method: the run's method (title and accuracy tables); ``None`` = TAPE.
     """
+    method = method if method is not None else TapeMethod()
     if metrics.is_empty():
-        out = [f"# TAPE on {dataset}: stopped after the {stop_after} stage", "",
-               "No GNN was trained in this run, so there is no accuracy table.", ""]
+        out = [f"# {method.title} on {dataset}: stopped after the {stop_after} stage", "",
+               "No model was trained in this run, so there is no accuracy table.", ""]
     else:
-        out = _accuracy_section(dataset, metrics)
+        out = method.report_sections(dataset, metrics)
     if missing_features:
         out += [f"Features not available for this dataset: {', '.join(missing_features)}.", ""]
     if llm_stats:
@@ -188,7 +262,9 @@ def render_report(
 def run_input_name(run: Mapping) -> str:
     """Name of a training or ensemble run among a report's inputs: ``gcn-TA-s0``, with ``-ft``
     appended for runs on fine-tuned LM features (frozen and fine-tuned runs side by side)."""
-    name = f"{run['model']}-{run['feature']}-s{run['seed']}"
+    name = f"{run['model']}-{run.get('feature', run.get('variant'))}-s{run['seed']}"
+    if run.get("method", "tape") != "tape":
+        name = f"{run['method']}:{name}"
     return name + ("-ft" if run.get("lm", "frozen") == "finetuned" else "")
 
 
@@ -201,20 +277,27 @@ def materialize_report(
     llm_stats: Mapping | None = None,
     missing_features: Sequence[str] = (),
     stop_after: str = "report",
+    method: MethodBase | None = None,
 ) -> tuple[Path, str]:
     """Write ``metrics.parquet`` and ``report.md`` to ``<lake>/<dataset>/report/<key>``.
 
-    The key hashes the runs' and inputs' artifact paths, so the same results map to the same report;
-    timings of a later (cached) run do not rewrite it.
+    The key hashes the runs' and inputs' artifact paths (and the method's name, for methods
+    other than TAPE, whose keys predate the method seam), so the same results map to the same
+    report; timings of a later (cached) run do not rewrite it. ``method`` (``None`` = TAPE)
+    titles the report and lays out its accuracy tables.
 
     Returns:
         (artifact directory, markdown text).
     """
-    key = lake.config_hash(REPORT_STAGE_VERSION, sorted(str(r["path"]) for r in runs), sorted(paths.values()))
+    method = method if method is not None else TapeMethod()
+    parts: list = [REPORT_STAGE_VERSION, sorted(str(r["path"]) for r in runs), sorted(paths.values())]
+    if method.name != "tape":
+        parts.append(method.name)
+    key = lake.config_hash(*parts)
     path = lake.artifact_dir(lake_root, dataset, "report", key)
     metrics = metrics_frame(dataset, runs)
     markdown = render_report(
-        dataset, metrics, timings, {**paths, "report": str(path)}, llm_stats, missing_features, stop_after
+        dataset, metrics, timings, {**paths, "report": str(path)}, llm_stats, missing_features, stop_after, method
     )
     if lake.find_artifact(path) is None:
         with lake.exclusive(path) as committed:

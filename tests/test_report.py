@@ -44,8 +44,9 @@ def test_metrics_frame_schema_and_rows():
     m = metrics_frame("cora", RUNS)
     assert m.schema == pl.Schema(
         {"dataset": pl.Utf8, "model": pl.Utf8, "feature": pl.Utf8, "lm": pl.Utf8, "seed": pl.Int64,
-         "split": pl.Utf8, "accuracy": pl.Float64}
+         "split": pl.Utf8, "accuracy": pl.Float64, "method": pl.Utf8, "infer_ms_per_node": pl.Float64}
     )
+    assert set(m["method"]) == {"tape"} and m["infer_ms_per_node"].null_count() == m.height
     assert m.height == 2 * len(RUNS)
     assert set(m["dataset"]) == {"cora"}
     assert set(m["split"]) == {"val", "test"}
@@ -61,7 +62,9 @@ def test_metrics_frame_coerces_types_and_handles_no_runs():
     assert m["seed"].to_list() == [3, 3] and m["seed"].dtype == pl.Int64
     assert m["accuracy"].dtype == pl.Float64
     empty = metrics_frame("toy", [])
-    assert empty.height == 0 and empty.columns == ["dataset", "model", "feature", "lm", "seed", "split", "accuracy"]
+    assert empty.height == 0 and empty.columns == [
+        "dataset", "model", "feature", "lm", "seed", "split", "accuracy", "method", "infer_ms_per_node"
+    ]
 
 
 def test_summary_frame_mean_and_sample_std_over_seeds():

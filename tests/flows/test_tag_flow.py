@@ -34,7 +34,13 @@ def test_tag_flow_on_cora_slice_then_all_cache_hits(
     out = state.result()
 
     metrics = pl.read_parquet(out["metrics"])
-    assert metrics.columns == ["dataset", "model", "feature", "lm", "seed", "split", "accuracy"]
+    assert metrics.columns == [
+        "dataset", "model", "feature", "lm", "seed", "split", "accuracy", "method", "infer_ms_per_node"
+    ]
+    assert set(metrics["method"]) == {"tape"} and out["method"] == "tape"
+    assert {(r["model"], r["feature"], r["seed"]) for r in out["runs"]} == {
+        (m, f, s) for m in ("mlp", "gcn", "sage") for f in ("TA", "E", "P", "TAPE") for s in (0, 1)
+    }
     assert set(metrics["lm"]) == {"frozen"}
     # 3 models x (TA, E, P, TAPE) x 2 seeds x (val, test)
     assert metrics.height == 3 * 4 * 2 * 2

@@ -1,0 +1,144 @@
+"""Each method's stages, composed inside the ``tag`` flow run (see ``flows/tag.py``).
+
+The ``tag`` flow loads the graph and the LLM answers, then hands a :class:`MethodRun` to the
+stages function registered for ``cfg.method.name`` in :data:`METHOD_STAGES`; that function
+calls the method's tasks and returns its :class:`~tag_pipeline.methods.RunSummary` rows,
+which the report reads. A new method registers its function here (or, for a plug-in or a
+test, with :func:`register_stages`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from tag_pipeline.config import PipelineConfig
+from tag_pipeline.methods import RunSummary, summaries
+from flows.fanout import fan_out_embedding
+from tasks.features import build_prediction_feature, embed_text, finetune_lm
+from tasks.gallon import distil_gallon
+from tasks.train import ensemble as ensemble_task
+from tasks.train import train_gnn_runs
+
+
+@dataclass
+class MethodRun:
+    """What a method's stages get from the flow: the run config, the graph and LLM responses
+    artifacts (``responses`` is ``None`` when no feature needs them), the features this
+    dataset has, the lake root, and the flow's ``timings`` (seconds per stage) and ``paths``
+    (what to list in the report) to add to."""
+
+    cfg: PipelineConfig
+    graph: str
+    responses: str | None
+    features: list[str]
+    lake: str
+    timings: dict[str, float] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+    timed: Callable = None  # type: ignore[assignment]  # timed(stage): context adding to timings
+
+
+def tape_features(run: MethodRun) -> dict[tuple[str, str, int], str]:
+    """TAPE's feature stage: ``{(encoder mode, feature, seed): artifact path}``; P and frozen
+    TA/E serve every seed, fine-tuned TA/E are per seed."""
+    cfg = run.cfg
+    feature_paths: dict[tuple[str, str, int], str] = {}
+    build = cfg.builds("features")
+    with run.timed("features"):
+        for feature in run.features:
+            if feature == "P":
+                path = build_prediction_feature(run.graph, run.responses, cfg.llm.top_k, run.lake, build=build)
+            elif "frozen" in cfg.lm_modes:
+                if build and cfg.scale_out.runner != "local":
+                    fan_out_embedding(run.graph, run.responses, feature, cfg.lm, run.lake, cfg.scale_out)
+                path = embed_text(run.graph, run.responses, feature, cfg.lm, run.lake, build=build)
+            else:
+                continue
+            run.paths[f"features {feature}"] = path
+            feature_paths.update({(mode, feature, s): path for mode in cfg.lm_modes for s in cfg.seeds})
+    if "finetuned" in cfg.lm_modes:
+        with run.timed("finetune"):
+            for seed in cfg.seeds:
+                for feature in (f for f in run.features if f != "P"):
+                    feature_paths[("finetuned", feature, seed)] = finetune_lm(
+                        run.graph, run.responses, feature, seed, cfg.finetune, run.lake, build=build
+                    )
+        run.paths["fine-tuned features"] = str(cfg.lake / cfg.dataset.lake_name / "features")
+    return feature_paths
+
+
+def tape_gnns(run: MethodRun, feature_paths: dict[tuple[str, str, int], str]) -> list[dict]:
+    """TAPE's GNN and ensemble stages: one run per (encoder mode, model, seed, feature), up to
+    ``gnn.workers`` at a time, then h_TAPE per (model, seed, mode) unless the run stops after
+    training. Returns the training and ensemble summaries."""
+    cfg = run.cfg
+    calls = [
+        dict(
+            graph=run.graph, features=feature_paths[(mode, feature, seed)], feature=feature, model=model,
+            seed=seed, gnn=cfg.gnn, lake=run.lake, build=cfg.builds("train"), lm=mode,
+        )
+        for mode in cfg.lm_modes for model in cfg.models for seed in cfg.seeds for feature in run.features
+    ]
+    progress = create_progress_artifact(progress=0.0, description=f"GNN training runs ({len(calls)})")
+    with run.timed("train"):
+        trained = train_gnn_runs(
+            calls, cfg.gnn.workers, cfg.gnn.threads,
+            on_done=lambda done: update_progress_artifact(progress, progress=100.0 * done / len(calls)),
+        )
+    runs: dict[tuple[str, int, str], list[dict]] = {}
+    for call, result in zip(calls, trained):
+        runs.setdefault((call["model"], call["seed"], call["lm"]), []).append(result)
+    run.paths["training runs"] = str(cfg.lake / cfg.dataset.lake_name / "train")
+    ensembles = []
+    if cfg.stop_after != "train":
+        with run.timed("ensemble"):
+            if len(run.features) > 1:
+                for (model, seed, mode), members in runs.items():
+                    ensembles.append(ensemble_task(run.graph, members, model, seed, cfg.ensemble, run.lake, lm=mode))
+    return [r for members in runs.values() for r in members] + ensembles
+
+
+def tape_stages(run: MethodRun) -> list[RunSummary]:
+    """TAPE (He et al. 2024): features (Sec. 4.1-4.3), a GNN per feature, h_TAPE (Sec. 4.4)."""
+    feature_paths = tape_features(run)
+    if run.cfg.stop_after == "features":
+        return []
+    return summaries(tape_gnns(run, feature_paths), "tape")
+
+
+def gallon_stages(run: MethodRun) -> list[RunSummary]:
+    """GALLON (tag_pipeline.methods.gallon): TAPE's stages give the teachers (h_TAPE per model
+    and seed, frozen encoder), then one distillation per seed."""
+    cfg, method = run.cfg, run.cfg.method
+    feature_paths = tape_features(run)
+    if cfg.stop_after == "features":
+        return []
+    tape_runs = tape_gnns(run, feature_paths)
+    out = summaries(tape_runs, "tape")
+    if cfg.stop_after == "train":
+        return out
+    lm = "frozen" if "frozen" in cfg.lm_modes else "finetuned"
+    teacher_variant = "TAPE" if len(run.features) > 1 else run.features[0]
+    with run.timed("distil"):
+        for seed in cfg.seeds:
+            teachers = [r for r in tape_runs if r["seed"] == seed and r["feature"] == teacher_variant and r.get("lm", "frozen") == lm]
+            features = {f: feature_paths[(lm, f, seed)] for f in run.features}
+            out += summaries(
+                distil_gallon(run.graph, features, teachers, seed, method, run.lake, threads=None,
+                              build=cfg.builds("train")),
+                "gallon",
+            )
+    run.paths["GALLON students"] = str(cfg.lake / cfg.dataset.lake_name / "gallon")
+    return out
+
+
+#: the stages function of each method, by name
+METHOD_STAGES: dict[str, Callable[[MethodRun], list[RunSummary]]] = {"tape": tape_stages, "gallon": gallon_stages}
+
+
+def register_stages(name: str, stages: Callable[[MethodRun], list[RunSummary]]) -> None:
+    """Run ``stages`` for method ``name`` (whose config :func:`tag_pipeline.methods.register_method`
+    accepts) from now on, in this process."""
+    METHOD_STAGES[name] = stages

@@ -1,0 +1,80 @@
+"""Node-classification methods behind one seam (see :mod:`tag_pipeline.methods.base`).
+
+:data:`MethodConfig` is the ``method`` field of the run config and the ``tag`` flow's
+``method`` parameter: a pydantic union discriminated by ``name`` (``{"name": "gallon", ...}``),
+so Prefect's UI renders a form per method. Built-in methods: ``tape``
+(:mod:`~tag_pipeline.methods.tape`) and ``gallon`` (:mod:`~tag_pipeline.methods.gallon`).
+
+Adding a method (README, "Adding a method"): a config class in ``methods/<name>.py`` with
+``name: Literal["<name>"]``, listed in :data:`BUILTIN_METHODS` (or, for a plug-in or a test,
+:func:`register_method`), and a stages function registered in ``flows/methods.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Union
+
+from pydantic import Field, PlainSerializer, WrapValidator
+
+from tag_pipeline.methods.base import MethodConfig as MethodBase
+from tag_pipeline.methods.base import RunSummary, summaries
+from tag_pipeline.methods.gallon import GallonMethod
+from tag_pipeline.methods.tape import TapeMethod
+
+BUILTIN_METHODS: dict[str, type[MethodBase]] = {"tape": TapeMethod, "gallon": GallonMethod}
+#: every method the run config accepts, by name (built-ins plus :func:`register_method`)
+METHODS: dict[str, type[MethodBase]] = dict(BUILTIN_METHODS)
+
+
+def register_method(cls: type[MethodBase]) -> type[MethodBase]:
+    """Accept ``cls`` (a :class:`~tag_pipeline.methods.base.MethodConfig` subclass whose ``name``
+    field has a default) as a ``method`` from now on, in this process. Returns ``cls``.
+
+    Raises:
+        ValueError: the name is a built-in method's, or ``cls`` is not a method config.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, MethodBase)):
+        raise ValueError(f"{cls!r} is not a MethodConfig subclass")
+    name = cls.model_fields["name"].default
+    if name in BUILTIN_METHODS and BUILTIN_METHODS[name] is not cls:
+        raise ValueError(f"{name!r} is a built-in method's name")
+    METHODS[name] = cls
+    return cls
+
+
+def _registered(value: Any, handler) -> Any:
+    """Let registered (non-built-in) methods through the built-ins' discriminated union."""
+    if isinstance(value, MethodBase) and METHODS.get(value.name) is type(value):
+        return value
+    if isinstance(value, Mapping) and value.get("name") in METHODS and value.get("name") not in BUILTIN_METHODS:
+        return METHODS[value["name"]].model_validate(dict(value))
+    return handler(value)
+
+
+#: The ``method`` field: one of the methods, told apart by ``name``.
+MethodConfig = Annotated[
+    Union[TapeMethod, GallonMethod],
+    Field(discriminator="name"),
+    WrapValidator(_registered),
+    PlainSerializer(lambda v, info: v.model_dump(mode=info.mode), return_type=dict),
+]
+
+
+def method_config(value: Any) -> MethodBase:
+    """Validate ``value`` (a method config, a dict with ``name``, or a bare name) as a method.
+
+    Raises:
+        ValueError: unknown method name, or bad fields (named).
+    """
+    from pydantic import TypeAdapter
+
+    if isinstance(value, str):
+        value = {"name": value}
+    return TypeAdapter(MethodConfig).validate_python(value)
+
+
+__all__ = [
+    "BUILTIN_METHODS", "METHODS", "GallonMethod", "MethodBase", "MethodConfig", "RunSummary", "TapeMethod",
+    "method_config", "register_method", "summaries",
+]

@@ -1,0 +1,740 @@
+"""GALLON on text-attributed graphs: distil a GNN teacher and an LM teacher into a graph-free MLP.
+
+GALLON (Xu et al., "LLM and GNN are Complementary: Distilling LLM for Multimodal Graph
+Learning", arXiv 2406.01032, Sec. 3) trains a GNN teacher and an LLM-informed LM teacher and
+distils both into an MLP student that needs no edges at inference. The paper works on
+molecule graphs; on a TAG the same design is (issue 13):
+
+* **GNN teacher**: h_TAPE of one GNN (TAPE's per-feature GNNs with their logits averaged,
+  He et al. 2024, Sec. 4.4); ``teacher="best"`` takes, per seed, the model whose h_TAPE has
+  the best *validation* accuracy.
+* **LM teacher**: the LM that read the title + abstract and the LLM's explanation, here the
+  frozen sentence encoder's TA and E embeddings, concatenated, with a linear head trained on
+  the seed's train nodes (the issue allows frozen + linear head; fine-tuned LM logits are not
+  stored in the lake).
+* **Student**: an MLP over the node's own features (default: its TA embedding only, so that
+  a new paper is classified from its text, with no LLM call and no graph).
+
+The loss (GLNN, Zhang et al., ICLR 2022, Eq. 1, extended to two teachers as in GALLON's
+``trainDistill_class.py``) is
+
+    L = CE(y_train, p_S) + alpha * T^2 * KL(p_GNN^T || p_S^T) + beta * T^2 * KL(p_LM^T || p_S^T)
+        [+ gamma * (MSE(U h_S, h_GNN) + MSE(h_S, W e_LM))]
+
+with the KL terms over *all* nodes (GLNN: the teacher's soft labels on unlabelled nodes are
+the point of distillation), ``p^T`` the softmax at temperature ``T``, and the ``T^2`` factor
+of Hinton et al. (2015) so that the soft terms' gradients do not shrink as ``T`` grows (GLNN
+and GALLON leave it implicit). The optional last term is GALLON's representation alignment
+(Sec. 3.3): ``h_S`` the student's last hidden layer, ``h_GNN`` the mean of the teacher
+members' last hidden layers, ``e_LM`` the LM teacher's input embedding, ``U`` and ``W``
+learnt linear maps (``U`` only maps ``h_S`` to the GNN's width; both are left out of the
+student at inference).
+
+alpha, beta, T and gamma are chosen per seed on validation accuracy from the config's grids
+(test accuracy is computed once, for the chosen student). The plain MLP baseline is the same
+student architecture and training with CE only.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
+
+from pydantic import Field, field_validator
+
+from tag_pipeline.methods.base import MethodConfig
+
+GALLON_STAGE_VERSION = 1
+STUDENT_WEIGHTS = "student.safetensors"
+MLP_WEIGHTS = "mlp.safetensors"
+LM_TEACHER_WEIGHTS = "lm_teacher.safetensors"
+GRID_FILE = "grid.parquet"
+#: prediction files of the artifact, per variant
+PREDICTION_FILES = {"student": "predictions.parquet", "mlp": "mlp_predictions.parquet",
+                    "lm-teacher": "lm_teacher_predictions.parquet"}
+
+
+class GallonMethod(MethodConfig):
+    """GALLON-style distillation into a graph-free MLP student (see the module docstring).
+
+    Runs TAPE's stages first (its GNNs are the teachers; ``features``, ``models``, ``gnn`` of
+    the run config apply), then one distillation per seed. Defaults of the student (a 2-layer
+    MLP, hidden 256, dropout 0.5, Adam lr 0.01, weight decay 5e-4) are GLNN's Cora settings
+    (Zhang et al. 2022, Appendix). The grids are small on purpose: every point is one student
+    trained per seed, 6-12 s on Cora on one core. They were narrowed on validation accuracy
+    only: on Cora seeds 0-3 the grid alpha {0.5, 1, 2} x beta {0, 0.5} x T {1, 2} picked
+    alpha 2 on three seeds and alpha 1 on one, T 1 on three (T 2 on one, by one validation
+    node), beta 0.5 on two; alpha 0.5 never came within 0.5 points of the best (the
+    ``grid.parquet`` of each ``gallon/s<seed>-...`` artifact of that run).
+    """
+
+    name: Literal["gallon"] = "gallon"
+    teacher: Literal["best", "mlp", "gcn", "sage", "revgat"] = Field(
+        "best",
+        description="GNN teacher: h_TAPE of this model, or 'best' = per seed, the model whose h_TAPE "
+        "has the best validation accuracy (among the run's models).",
+    )
+    student_features: list[Literal["TA", "E", "P"]] = Field(
+        ["TA"],
+        description="What the student reads per node (concatenated; P through an nn.Embedding as in "
+        "TAPE). TA only (the default) lets tag/predict classify new papers from their text alone.",
+    )
+    lm_teacher_features: list[Literal["TA", "E"]] = Field(
+        ["TA", "E"],
+        description="Frozen text embeddings the LM teacher's linear head reads (concatenated); those "
+        "the dataset lacks are skipped.",
+    )
+    hidden: int = Field(256, ge=1, description="Hidden channels of the student MLP (GLNN: 256 on Cora).")
+    num_layers: int = Field(2, ge=1, description="Layers of the student MLP.")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout of the student MLP.")
+    lr: float = Field(0.01, gt=0.0, description="Adam learning rate (student, plain MLP and LM teacher).")
+    weight_decay: float = Field(5e-4, ge=0.0, description="Adam weight decay.")
+    epochs: int = Field(300, ge=1, description="Maximum epochs per student.")
+    patience: int = Field(60, ge=1, description="Stop after this many epochs without a better validation accuracy.")
+    alphas: list[float] = Field([1.0, 2.0], description="Grid of alpha, the weight of KL(p_GNN || p_S).")
+    betas: list[float] = Field([0.0, 0.5], description="Grid of beta, the weight of KL(p_LM || p_S).")
+    temperatures: list[float] = Field([1.0], description="Grid of the distillation temperature T.")
+    gammas: list[float] = Field(
+        [0.0], description="Grid of gamma, the weight of the representation alignment (0 = off)."
+    )
+    timing_repeats: int = Field(
+        20, ge=1, description="Forward passes timed for inference ms per node (the median is kept). Not in the key."
+    )
+
+    title: ClassVar[str] = "GALLON"
+    reference: ClassVar[str] = (
+        "Xu et al., arXiv 2406.01032 (GALLON), with GLNN's loss (Zhang et al., ICLR 2022, Eq. 1)"
+    )
+
+    @field_validator("alphas", "betas", "temperatures", "gammas")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("a grid must have at least one value")
+        if any(x < 0 for x in v):
+            raise ValueError(f"grid values must be >= 0, got {v}")
+        return v
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive_t(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError(f"temperatures must be > 0, got {v}")
+        return v
+
+    @field_validator("student_features", "lm_teacher_features")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must be non-empty without duplicates, got {v}")
+        return v
+
+    def key_fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"timing_repeats"})
+
+    def published(self, dataset: str) -> dict[str, float]:
+        return {}
+
+    def report_sections(self, dataset: str, metrics: Any) -> list[str]:
+        from tag_pipeline.report import gallon_sections
+
+        return gallon_sections(self, dataset, metrics)
+
+
+# --- the loss ------------------------------------------------------------------------------
+
+
+class KDTerms(NamedTuple):
+    """The terms of the distillation loss (scalars; see :func:`distillation_loss`)."""
+
+    total: Any
+    ce: Any
+    kl_gnn: Any
+    kl_lm: Any
+    align: Any
+
+
+def soft_kl(student_logits, teacher_logits, temperature: float):
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, mean over nodes.
+
+    Args:
+        student_logits: ``[N, C]`` float32.
+        teacher_logits: ``[N, C]`` float32 (no gradient flows into it).
+        temperature: T > 0.
+
+    Returns:
+        0-dim float32 tensor (nats).
+    """
+    import torch.nn.functional as F
+
+    t = float(temperature)
+    log_s = F.log_softmax(student_logits / t, dim=-1)
+    log_t = F.log_softmax(teacher_logits.detach() / t, dim=-1)
+    return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * (t * t)
+
+
+def distillation_loss(
+    student_logits,
+    y,
+    train_idx,
+    gnn_logits,
+    lm_logits,
+    *,
+    alpha: float,
+    beta: float,
+    temperature: float,
+    align=None,
+    gamma: float = 0.0,
+) -> KDTerms:
+    """GALLON's student loss on a TAG (module docstring; GLNN Eq. 1 with a second teacher).
+
+    Args:
+        student_logits: ``[N, C]`` float32, every node.
+        y: ``[N]`` int64 labels (only ``y[train_idx]`` is read).
+        train_idx: ``[n_train]`` int64 node ids of the seed's train split.
+        gnn_logits, lm_logits: ``[N, C]`` float32 teacher logits (``lm_logits`` may be ``None``
+            when ``beta`` is 0).
+        alpha, beta: weights of the GNN and LM teachers' KL terms.
+        temperature: T of both KL terms.
+        align: 0-dim tensor, the representation-alignment term, or ``None``.
+        gamma: its weight.
+
+    Returns:
+        :class:`KDTerms` with ``total = ce + alpha*kl_gnn + beta*kl_lm + gamma*align``.
+
+    Raises:
+        ValueError: ``beta > 0`` without ``lm_logits``, or mismatched shapes.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if gnn_logits.shape != student_logits.shape:
+        raise ValueError(f"GNN teacher logits {tuple(gnn_logits.shape)} != student {tuple(student_logits.shape)}")
+    zero = student_logits.new_zeros(())
+    ce = F.cross_entropy(student_logits[train_idx], y[train_idx])
+    kl_gnn = soft_kl(student_logits, gnn_logits, temperature) if alpha else zero
+    if beta:
+        if lm_logits is None:
+            raise ValueError("beta > 0 needs the LM teacher's logits")
+        if lm_logits.shape != student_logits.shape:
+            raise ValueError(f"LM teacher logits {tuple(lm_logits.shape)} != student {tuple(student_logits.shape)}")
+        kl_lm = soft_kl(student_logits, lm_logits, temperature)
+    else:
+        kl_lm = zero
+    al = align if (align is not None and gamma) else zero
+    total = ce + alpha * kl_gnn + beta * kl_lm + gamma * al
+    return KDTerms(total=total, ce=ce, kl_gnn=kl_gnn, kl_lm=kl_lm, align=torch.as_tensor(al))
+
+
+def alignment_loss(h_student, h_gnn, e_lm, to_gnn, from_lm):
+    """GALLON's representation alignment: ``MSE(U h_S, h_GNN) + MSE(h_S, W e_LM)``.
+
+    Args:
+        h_student: ``[N, H]`` the student's last hidden layer.
+        h_gnn: ``[N, H_gnn]`` the GNN teacher's last hidden layer (a fixed target).
+        e_lm: ``[N, D]`` the LM teacher's input embedding (fixed).
+        to_gnn: ``U``, a ``Linear(H, H_gnn)``.
+        from_lm: ``W``, a ``Linear(D, H)``.
+
+    Returns:
+        0-dim float32 tensor.
+    """
+    import torch.nn.functional as F
+
+    return F.mse_loss(to_gnn(h_student), h_gnn.detach()) + F.mse_loss(h_student, from_lm(e_lm.detach()))
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def build_student(in_dim: int, num_classes: int, cfg: GallonMethod, topk: int | None = None):
+    """The student: ``[N, in_dim]`` dense features (and ``[N, topk]`` P labels, when P is read)
+    -> ``([N, C] logits, [N, hidden] last hidden layer)``.
+
+    A PyG ``MLP`` (plain: no norm), with TAPE's :class:`~tag_pipeline.models.PredictionEncoder`
+    for P (embedding size ``cfg.hidden``) whose output is concatenated to the dense features.
+    """
+    import torch
+    from torch import nn
+    from torch_geometric.nn.models import MLP
+
+    from tag_pipeline.models import PredictionEncoder
+
+    class Student(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p_encoder = PredictionEncoder(num_classes, cfg.hidden, topk) if topk else None
+            width = in_dim + (self.p_encoder.out_channels if self.p_encoder is not None else 0)
+            self.mlp = MLP(in_channels=width, hidden_channels=cfg.hidden, out_channels=num_classes,
+                           num_layers=cfg.num_layers, dropout=cfg.dropout, norm=None)
+
+        def forward(self, x, p=None):
+            if self.p_encoder is not None:
+                x = torch.cat([x, self.p_encoder(p)], dim=-1) if x.shape[1] else self.p_encoder(p)
+            return self.mlp(x, return_emb=True)
+
+    return Student()
+
+
+@dataclass
+class StudentInputs:
+    """What a student reads: ``dense`` ``[N, D]`` float32 (may have 0 columns) and ``p``
+    ``[N, k]`` int64 (or ``None``)."""
+
+    dense: Any
+    p: Any = None
+
+    @property
+    def topk(self) -> int | None:
+        return None if self.p is None else int(self.p.shape[1])
+
+
+@dataclass
+class Fit:
+    """A trained student: best-epoch ``logits`` ``[N, C]``, ``state_dict``, ``val_acc``, ``epoch``, ``seconds``."""
+
+    logits: Any
+    state_dict: dict
+    val_acc: float
+    epoch: int
+    seconds: float
+
+
+def train_student(
+    inputs: StudentInputs,
+    y,
+    split,
+    num_classes: int,
+    cfg: GallonMethod,
+    *,
+    seed: int,
+    gnn_logits=None,
+    lm_logits=None,
+    alpha: float = 0.0,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    gamma: float = 0.0,
+    h_gnn=None,
+    e_lm=None,
+) -> Fit:
+    """Train one student (or, with ``alpha = beta = gamma = 0``, the plain MLP) full-batch.
+
+    Adam on :func:`distillation_loss`; the epoch with the best validation accuracy (earliest
+    on ties) is kept. Test labels are never read.
+
+    Args:
+        inputs: the student's features.
+        y: ``[N]`` int64 labels.
+        split: the seed's :class:`~tag_pipeline.datasets.base.Split`.
+        num_classes: C.
+        cfg: the student's architecture and optimiser.
+        seed: seeds torch before the weights are drawn.
+        gnn_logits, lm_logits: ``[N, C]`` teacher logits (needed when alpha / beta > 0).
+        alpha, beta, temperature, gamma: loss weights and T.
+        h_gnn: ``[N, H_gnn]`` teacher representation, ``e_lm`` ``[N, D]`` LM embedding (gamma > 0).
+
+    Raises:
+        ValueError: a teacher needed by a non-zero weight is missing.
+    """
+    import torch
+    from torch import nn
+
+    from tag_pipeline.train import accuracy
+
+    if alpha and gnn_logits is None:
+        raise ValueError("alpha > 0 needs the GNN teacher's logits")
+    if gamma and (h_gnn is None or e_lm is None):
+        raise ValueError("gamma > 0 needs the GNN teacher's representation and the LM embedding")
+    torch.manual_seed(seed)
+    student = build_student(inputs.dense.shape[1], num_classes, cfg, inputs.topk)
+    params = list(student.parameters())
+    to_gnn = from_lm = None
+    if gamma:
+        to_gnn = nn.Linear(cfg.hidden, h_gnn.shape[1])
+        from_lm = nn.Linear(e_lm.shape[1], cfg.hidden)
+        params += list(to_gnn.parameters()) + list(from_lm.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_idx, val_idx = torch.from_numpy(split.train), torch.from_numpy(split.val)
+    best = Fit(None, {}, -1.0, 0, 0.0)
+    since = 0
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        student.train()
+        opt.zero_grad()
+        logits, h = student(inputs.dense, inputs.p)
+        align = alignment_loss(h, h_gnn, e_lm, to_gnn, from_lm) if gamma else None
+        terms = distillation_loss(
+            logits, y, train_idx, gnn_logits if alpha else logits.detach(), lm_logits,
+            alpha=alpha, beta=beta, temperature=temperature, align=align, gamma=gamma,
+        )
+        terms.total.backward()
+        opt.step()
+        student.eval()
+        with torch.no_grad():
+            logits, _ = student(inputs.dense, inputs.p)
+        val = accuracy(logits, y, val_idx)
+        if val > best.val_acc:
+            best = Fit(logits.clone(), copy.deepcopy(student.state_dict()), val, epoch, 0.0)
+            since = 0
+        else:
+            since += 1
+            if since >= cfg.patience:
+                break
+    best.seconds = time.perf_counter() - start
+    return best
+
+
+def train_linear_head(x, y, split, num_classes: int, cfg: GallonMethod, *, seed: int) -> Fit:
+    """The LM teacher's head: ``Linear(D, C)`` on frozen embeddings ``x`` ``[N, D]``, Adam with
+    ``cfg``'s lr and weight decay, best validation epoch kept (patience ``cfg.patience``)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from tag_pipeline.train import accuracy
+
+    torch.manual_seed(seed)
+    head = nn.Linear(x.shape[1], num_classes)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_idx, val_idx = torch.from_numpy(split.train), torch.from_numpy(split.val)
+    best = Fit(None, {}, -1.0, 0, 0.0)
+    since = 0
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        opt.zero_grad()
+        F.cross_entropy(head(x[train_idx]), y[train_idx]).backward()
+        opt.step()
+        with torch.no_grad():
+            logits = head(x)
+        val = accuracy(logits, y, val_idx)
+        if val > best.val_acc:
+            best = Fit(logits.clone(), copy.deepcopy(head.state_dict()), val, epoch, 0.0)
+            since = 0
+        else:
+            since += 1
+            if since >= cfg.patience:
+                break
+    best.seconds = time.perf_counter() - start
+    return best
+
+
+def grid_points(cfg: GallonMethod) -> list[dict[str, float]]:
+    """Every (alpha, beta, temperature, gamma) of the config's grids, in a fixed order
+    (points with beta > 0 or gamma > 0 only once the teachers they need exist: the caller's job)."""
+    return [
+        {"alpha": a, "beta": b, "temperature": t, "gamma": g}
+        for a, b, t, g in itertools.product(cfg.alphas, cfg.betas, cfg.temperatures, cfg.gammas)
+    ]
+
+
+def forward_ms_per_node(fn, num_nodes: int, repeats: int) -> float:
+    """Median wall time of ``fn()`` (a full-batch forward pass, no gradients) per node, in
+    milliseconds, over ``repeats`` calls after one warm-up call."""
+    import statistics
+
+    import torch
+
+    with torch.inference_mode():
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times) / max(num_nodes, 1)
+
+
+# --- the stage in the lake ------------------------------------------------------------------
+
+
+def load_student_inputs(feature_paths: Mapping[str, str], features: Sequence[str], num_nodes: int) -> StudentInputs:
+    """The student's inputs from the lake's feature artifacts (dense features concatenated in
+    ``features`` order; P kept apart).
+
+    Raises:
+        ValueError: a feature the student reads has no artifact in ``feature_paths``.
+    """
+    import torch
+
+    from tag_pipeline import lake
+    from tag_pipeline.features.store import read_feature
+
+    missing = [f for f in features if f not in feature_paths]
+    if missing:
+        raise ValueError(f"GALLON student reads {missing}, which this run did not build (features: {sorted(feature_paths)})")
+    dense, p = [], None
+    for f in features:
+        lake.read_artifact(feature_paths[f])
+        x = read_feature(Path(feature_paths[f]), num_nodes)
+        if f == "P":
+            p = x
+        else:
+            dense.append(x.float())
+    return StudentInputs(torch.cat(dense, dim=1) if dense else torch.zeros(num_nodes, 0), p)
+
+
+def choose_teacher(candidates: Sequence[Mapping[str, Any]], teacher: str) -> Mapping[str, Any]:
+    """The GNN teacher among one seed's h_TAPE summaries: the one of model ``teacher``, or
+    (``"best"``) the best validation accuracy, earliest in ``candidates`` on ties.
+
+    Raises:
+        ValueError: no candidate, or none of model ``teacher``.
+    """
+    if not candidates:
+        raise ValueError("GALLON needs at least one GNN teacher (train a GNN in this run: models)")
+    if teacher == "best":
+        return max(candidates, key=lambda r: r["val_acc"])  # max keeps the first of equal keys
+    chosen = [r for r in candidates if r["model"] == teacher]
+    if not chosen:
+        raise ValueError(f"GALLON teacher {teacher!r} was not trained in this run (models: {sorted({r['model'] for r in candidates})})")
+    return chosen[0]
+
+
+def teacher_members(teacher: Mapping[str, Any]) -> list[str]:
+    """Training-run paths behind a teacher summary: the h_TAPE ensemble's members (read from
+    its manifest), or the run itself when it is a single training run."""
+    from tag_pipeline import lake
+
+    manifest = lake.read_artifact(teacher["path"], verify=False).manifest
+    if manifest.get("stage") == "ensemble":
+        return [str(p) for p in manifest["inputs"].values()]
+    return [str(teacher["path"])]
+
+
+def load_trained_model(run_path: str | Path, graph, *, threads: int | None = None):
+    """A training run's model with its best-epoch weights, ready for inference.
+
+    Returns:
+        ``(model, x, operator)``: the :class:`~tag_pipeline.models.NodeClassifier` in eval mode,
+        its input feature ``[N, F]`` (or ``[N, k]`` for P) read from the run's feature artifact,
+        and what it is called with for the graph (:func:`~tag_pipeline.models.graph_operator`).
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from tag_pipeline import lake
+    from tag_pipeline.config import GNNConfig
+    from tag_pipeline.features.store import read_feature
+    from tag_pipeline.models import build_model, graph_operator
+    from tag_pipeline.train import WEIGHTS_FILE
+
+    art = lake.read_artifact(run_path, verify=False)
+    summary = art.manifest["summary"]
+    cfg = GNNConfig.model_validate(art.manifest["config"])
+    x = read_feature(Path(art.manifest["inputs"]["features"]), graph.num_nodes)
+    model_name = summary["model"]
+    model = build_model(
+        model_name, x.shape[1], graph.num_classes, hidden=cfg.hidden, num_layers=cfg.layers_for(model_name),
+        dropout=cfg.dropout, topk=x.shape[1] if summary["feature"] == "P" else None, adjacency=cfg.adjacency,
+    )
+    model.load_state_dict(load_file(str(Path(run_path) / WEIGHTS_FILE)))
+    model.eval()
+    op = graph_operator(model_name, torch.from_numpy(graph.edge_index), graph.num_nodes, cfg.adjacency)
+    return model, x, op
+
+
+def hidden_representation(model, x, op):
+    """``[N, H]`` input of the model's last layer (its last hidden representation), no gradient.
+
+    Raises:
+        ValueError: a model without a PyG ``convs`` or ``lins`` list (e.g. RevGAT).
+    """
+    import torch
+
+    layers = getattr(model.backbone, "convs", None) or getattr(model.backbone, "lins", None)
+    if not layers:
+        raise ValueError(f"representation alignment needs a PyG GCN/SAGE/MLP teacher, not {type(model.backbone).__name__}")
+    seen = {}
+    handle = layers[-1].register_forward_pre_hook(lambda mod, args: seen.__setitem__("h", args[0]))
+    try:
+        with torch.no_grad():
+            model(x, op)
+    finally:
+        handle.remove()
+    return seen["h"].detach()
+
+
+def gallon_key(graph_id: str, teacher_path: str, feature_paths: Mapping[str, str], cfg: GallonMethod, seed: int) -> str:
+    """Lineage key of one seed's distillation: stage version, graph content and split, the
+    teacher's and the read features' artifact names (which carry their own lineage), the
+    seed and the method config (less execution details)."""
+    from tag_pipeline import lake
+
+    return lake.config_hash(
+        GALLON_STAGE_VERSION, graph_id, Path(teacher_path).name,
+        {f: Path(p).name for f, p in sorted(feature_paths.items())}, seed, cfg.key_fields(),
+    )
+
+
+def _summaries(path: Path) -> list[dict]:
+    from tag_pipeline import lake
+
+    return [dict(s, path=str(path)) for s in lake.read_artifact(path, verify=False).manifest["summaries"]]
+
+
+def materialize_gallon(
+    graph_path: str | Path,
+    feature_paths: Mapping[str, str],
+    teachers: Sequence[Mapping[str, Any]],
+    seed: int,
+    cfg: GallonMethod,
+    lake_root: str | Path,
+    threads: int | None = 1,
+) -> list[dict]:
+    """Distil one seed's GNN and LM teachers into the student, unless already in the lake.
+
+    Writes ``<lake>/<dataset>/gallon/s<seed>-<key>`` with the student's, the plain MLP's and
+    the LM teacher's weights and per-node predictions (``predictions.parquet`` is the
+    student's; same columns as a training run's), ``grid.parquet`` (validation accuracy of
+    every grid point; test accuracy is not computed for them) and a manifest whose
+    ``summaries`` hold the four variants (``student``, ``mlp``, ``lm-teacher``,
+    ``gnn-teacher``), each with ``infer_ms_per_node`` measured in the same process, and
+    whose ``student`` entry holds what prediction for new nodes needs.
+
+    Args:
+        graph_path: the graph artifact.
+        feature_paths: ``{feature: artifact path}`` of the frozen TA/E/P features of this run.
+        teachers: this seed's h_TAPE summaries (or single training runs with one feature).
+        seed: the split and training seed.
+        cfg: the method's config.
+        lake_root: root of the lake.
+        threads: torch threads while training and timing (``None``: leave as is).
+
+    Returns:
+        list of 4 summary dicts (``method``, ``model``, ``variant``, ``seed``, ``val_acc``,
+        ``test_acc``, ``infer_ms_per_node``, ``path`` ...).
+
+    Raises:
+        ValueError: no teacher, a student feature not built, an empty split.
+    """
+    import numpy as np
+    import polars as pl
+    import torch
+    from safetensors.torch import save_file
+
+    from tag_pipeline import lake
+    from tag_pipeline.datasets import check_split, graph_content_key, open_graph, split_key
+    from tag_pipeline.features.store import read_feature
+    from tag_pipeline.train import accuracy, predictions_frame
+
+    graph_path = Path(graph_path)
+    teacher = choose_teacher(teachers, cfg.teacher)
+    read = {f: p for f, p in feature_paths.items() if f in set(cfg.student_features) | set(cfg.lm_teacher_features)}
+    graph_id = f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}"
+    key = gallon_key(graph_id, teacher["path"], read, cfg, seed)
+    path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "gallon", f"s{seed}-{key}")
+    if lake.find_artifact(path) is not None:
+        return _summaries(path)
+    with lake.exclusive(path) as committed:
+        if committed:
+            return _summaries(path)
+        previous_threads = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            graph = open_graph(graph_path)
+            split = graph.splits[seed]
+            check_split(split, seed, graph.name, graph.num_nodes)
+            y = torch.from_numpy(graph.labels)
+            c = graph.num_classes
+            test_idx = torch.from_numpy(split.test)
+            inputs = load_student_inputs(feature_paths, cfg.student_features, graph.num_nodes)
+
+            from tag_pipeline.train import read_logits
+
+            gnn_logits = read_logits(Path(teacher["path"]))
+            lm_feats = [f for f in cfg.lm_teacher_features if f in feature_paths]
+            if not lm_feats:
+                raise ValueError(f"GALLON's LM teacher reads {cfg.lm_teacher_features}; none was built in this run")
+            e_lm = torch.cat([read_feature(Path(feature_paths[f]), graph.num_nodes).float() for f in lm_feats], dim=1)
+            lm_fit = train_linear_head(e_lm, y, split, c, cfg, seed=seed)
+
+            members = teacher_members(teacher)
+            loaded = [load_trained_model(m, graph) for m in members]
+            h_gnn = None
+            if any(cfg.gammas):
+                h_gnn = torch.stack([hidden_representation(*m) for m in loaded]).mean(0)
+
+            grid, best, best_point = [], None, None
+            for point in grid_points(cfg):
+                fit = train_student(
+                    inputs, y, split, c, cfg, seed=seed, gnn_logits=gnn_logits, lm_logits=lm_fit.logits,
+                    h_gnn=h_gnn, e_lm=e_lm, **point,
+                )
+                grid.append(point | {"val_acc": fit.val_acc, "best_epoch": fit.epoch, "seconds": fit.seconds})
+                if best is None or fit.val_acc > best.val_acc:
+                    best, best_point = fit, point
+            plain = train_student(inputs, y, split, c, cfg, seed=seed)
+
+            # inference time per node, student vs each teacher member, same process and threads
+            student = build_student(inputs.dense.shape[1], c, cfg, inputs.topk)
+            student.load_state_dict(best.state_dict)
+            student.eval()
+            student_ms = forward_ms_per_node(lambda: student(inputs.dense, inputs.p), graph.num_nodes, cfg.timing_repeats)
+            member_ms = {
+                Path(m).name: forward_ms_per_node(lambda mod=mod, x=x, op=op: mod(x, op), graph.num_nodes, cfg.timing_repeats)
+                for m, (mod, x, op) in zip(members, loaded)
+            }
+            head = torch.nn.Linear(e_lm.shape[1], c)
+            head.load_state_dict(lm_fit.state_dict)
+            lm_ms = forward_ms_per_node(lambda: head(e_lm), graph.num_nodes, cfg.timing_repeats)
+        finally:
+            torch.set_num_threads(previous_threads)
+
+        def row(variant: str, model: str, logits, val: float, ms: float, **extra) -> dict:
+            return {"method": "gallon", "model": model, "variant": variant, "feature": variant, "seed": seed,
+                    "val_acc": val, "test_acc": accuracy(logits, y, test_idx), "infer_ms_per_node": ms, **extra}
+
+        summaries = [
+            row("student", "mlp", best.logits, best.val_acc, student_ms, chosen=best_point, best_epoch=best.epoch,
+                features=list(cfg.student_features), teacher_model=teacher["model"]),
+            row("mlp", "mlp", plain.logits, plain.val_acc, student_ms, best_epoch=plain.epoch,
+                features=list(cfg.student_features)),
+            row("lm-teacher", "linear", lm_fit.logits, lm_fit.val_acc, lm_ms, features=lm_feats),
+            row("gnn-teacher", teacher["model"], gnn_logits, float(teacher["val_acc"]), sum(member_ms.values()),
+                teacher_path=str(teacher["path"]), member_ms=member_ms),
+        ]
+        student_info = {
+            "features": list(cfg.student_features),
+            "feature_paths": {f: str(feature_paths[f]) for f in cfg.student_features},
+            "in_dim": int(inputs.dense.shape[1]), "topk": inputs.topk, "num_classes": c,
+            "class_names": list(graph.class_names),
+        }
+        with lake.write_artifact(
+            path, stage="gallon", config=cfg.key_fields(),
+            inputs={"graph": str(graph_path), "teacher": str(teacher["path"]),
+                    **{f"features {f}": str(p) for f, p in read.items()}},
+            rows=graph.num_nodes, extra={"summaries": summaries, "student": student_info},
+        ) as tmp:
+            predictions_frame(best.logits, y, split).write_parquet(tmp / PREDICTION_FILES["student"])
+            predictions_frame(plain.logits, y, split).write_parquet(tmp / PREDICTION_FILES["mlp"])
+            predictions_frame(lm_fit.logits, y, split).write_parquet(tmp / PREDICTION_FILES["lm-teacher"])
+            save_file({k: v.contiguous() for k, v in best.state_dict.items()}, str(tmp / STUDENT_WEIGHTS))
+            save_file({k: v.contiguous() for k, v in plain.state_dict.items()}, str(tmp / MLP_WEIGHTS))
+            save_file({k: v.contiguous() for k, v in lm_fit.state_dict.items()}, str(tmp / LM_TEACHER_WEIGHTS))
+            pl.DataFrame(grid).write_parquet(tmp / GRID_FILE)
+        return [dict(s, path=str(path)) for s in summaries]
+
+
+def load_student(path: str | Path):
+    """A committed GALLON artifact's student, in eval mode, and its ``student`` manifest entry.
+
+    Raises:
+        FileNotFoundError / CorruptArtifactError: the artifact is missing or damaged.
+    """
+    from safetensors.torch import load_file
+
+    from tag_pipeline import lake
+
+    art = lake.read_artifact(path)
+    info = art.manifest["student"]
+    cfg = GallonMethod.model_validate(art.manifest["config"])
+    student = build_student(info["in_dim"], info["num_classes"], cfg, info["topk"])
+    student.load_state_dict(load_file(str(Path(path) / STUDENT_WEIGHTS)))
+    student.eval()
+    return student, info

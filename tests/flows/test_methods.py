@@ -1,0 +1,121 @@
+"""The method seam: a toy method plugged into the ``tag`` flow, and GALLON end to end on a slice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import polars as pl
+import pytest
+
+from tag_pipeline.config import DatasetConfig, GNNConfig, LMConfig
+from tag_pipeline.methods import GallonMethod, MethodBase, RunSummary, register_method
+
+pytestmark = pytest.mark.slow
+
+
+class MajorityMethod(MethodBase):
+    """A toy method: predict the most frequent train label of the seed."""
+
+    name: Literal["majority"] = "majority"
+    title: ClassVar[str] = "Majority class"
+    reference: ClassVar[str] = "a toy for the seam's test"
+
+    def published(self, dataset: str) -> dict[str, float]:
+        return {"const": 0.3021}
+
+
+def majority_stages(run) -> list[RunSummary]:
+    """Stages of the toy: read the graph from the lake, write one artifact per seed."""
+    import numpy as np
+
+    from tag_pipeline import lake
+    from tag_pipeline.datasets import open_graph
+
+    graph = open_graph(Path(run.graph))
+    out = []
+    with run.timed("majority"):
+        for seed in run.cfg.seeds:
+            split = graph.splits[seed]
+            label = int(np.bincount(graph.labels[split.train]).argmax())
+            acc = {p: float((graph.labels[getattr(split, p)] == label).mean()) for p in ("val", "test")}
+            path = lake.artifact_dir(run.lake, graph.name, "majority", f"s{seed}-{label}")
+            if lake.find_artifact(path) is None:
+                with lake.write_artifact(path, stage="majority", config={"label": label}) as tmp:
+                    (tmp / "label.txt").write_text(str(label))
+            out.append(RunSummary(method="majority", model="const", variant="majority", seed=seed,
+                                  val_acc=acc["val"], test_acc=acc["test"], path=str(path)))
+    return out
+
+
+@pytest.fixture
+def toy_method():
+    from flows.methods import METHOD_STAGES, register_stages
+    from tag_pipeline.methods import METHODS
+
+    register_method(MajorityMethod)
+    register_stages("majority", majority_stages)
+    yield MajorityMethod()
+    METHODS.pop("majority", None)
+    METHOD_STAGES.pop("majority", None)
+
+
+def test_a_toy_method_plugs_into_the_tag_flow(prefect_harness, shared_data, tmp_path, toy_method, flow_run_artifacts):
+    from flows.tag import tag
+
+    lake = tmp_path / "lake"
+    state = tag(dataset=DatasetConfig(root=shared_data, subset=120), method=toy_method, features=["TA"],
+                seeds=[0, 1], lake=str(lake), return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert out["method"] == "majority" and [r["seed"] for r in out["runs"]] == [0, 1]
+    assert {r["variant"] for r in out["runs"]} == {"majority"}
+    # no TAPE stage ran: no LLM answers, features or GNNs in the lake
+    assert sorted(p.name for p in (lake / "cora").iterdir()) == ["graph", "majority", "report"]
+    metrics = pl.read_parquet(out["metrics"])
+    assert set(metrics["method"]) == {"majority"} and metrics.height == 4
+    report = flow_run_artifacts(state.state_details.flow_run_id, "markdown")[0]
+    assert report.startswith("# Majority class on cora")
+    assert "| const | majority |" in report and "0.3021" in report  # the method's own table and reference
+
+
+def test_unknown_method_names_the_choices():
+    from tag_pipeline.config import PipelineConfig
+
+    with pytest.raises(ValueError, match="'tape', 'gallon'"):
+        PipelineConfig(method={"name": "glem"})
+
+
+def test_gallon_on_a_cora_slice(prefect_harness, shared_data, tmp_path, task_states):
+    from flows.tag import tag
+
+    lake = tmp_path / "lake"
+    params = dict(
+        dataset=DatasetConfig(root=shared_data, subset=200),
+        method=GallonMethod(alphas=[1.0], betas=[0.0, 0.5], epochs=60, patience=60, timing_repeats=2),
+        models=["gcn", "sage"], seeds=[0], lm=LMConfig(max_length=32), gnn=GNNConfig(epochs=30, patience=30),
+        lake=str(lake),
+    )
+    state = tag(**params, return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+    gallon = {r["variant"]: r for r in out["runs"] if r["method"] == "gallon"}
+    assert set(gallon) == {"student", "mlp", "lm-teacher", "gnn-teacher"}
+    tape = [r for r in out["runs"] if r["method"] == "tape"]
+    teachers = [r for r in tape if r["feature"] == "TAPE"]
+    # the GNN teacher is the h_TAPE with the best validation accuracy, its numbers as TAPE's
+    best = max(teachers, key=lambda r: r["val_acc"])
+    assert gallon["gnn-teacher"]["model"] == best["model"] and gallon["gnn-teacher"]["test_acc"] == best["test_acc"]
+    student_dir = Path(gallon["student"]["path"])
+    assert student_dir.parent.name == "gallon" and (student_dir / "student.safetensors").exists()
+    grid = pl.read_parquet(student_dir / "grid.parquet")
+    assert grid.height == 2 and "test_acc" not in grid.columns
+    chosen = grid.sort("val_acc", descending=True, maintain_order=True).row(0, named=True)
+    assert gallon["student"]["val_acc"] == chosen["val_acc"]
+    assert all(r["infer_ms_per_node"] > 0 for r in gallon.values())
+    assert out["markdown"].startswith("# GALLON on cora") and "MLP student" in out["markdown"]
+
+    state2 = tag(**params, return_state=True)
+    states = task_states(state2.state_details.flow_run_id)
+    assert states["distil-gallon-s0"] == "Cached"
+    assert state2.result()["runs"] == out["runs"]
