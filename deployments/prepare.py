@@ -79,7 +79,8 @@ from deployments.show_run import newest_run, show_run  # noqa: E402
 #: the flows it loads (name, entrypoints) and the models of the flow's parameters (the
 #: deployments' parameter schema). Tasks and the library run in the worker's flow-run
 #: process, read from the checkout at run time: a change there needs no redeploy.
-DEPLOY_SOURCES: tuple[str, ...] = ("prefect.yaml", "flows/*.py", "tag_pipeline/config.py", "tag_pipeline/llm/config.py")
+DEPLOY_SOURCES: tuple[str, ...] = ("prefect.yaml", "flows/*.py", "tag_pipeline/config.py", "tag_pipeline/llm/config.py",
+                                  "tag_pipeline/methods/*.py")
 RECORD_NAME = "deploy-stamp.json"
 """The record of the last deploy, in ``$PREFECT_HOME``."""
 #: What a deployment is, as ``prefect deploy`` sets it: the server's own bookkeeping (``updated``,

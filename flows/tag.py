@@ -70,7 +70,9 @@ def tag(
     the per-stage deployments ``tag/llm``, ``tag/embed``, ``tag/train``, ``tag/ensemble`` are
     this flow with both set. Every run ends with a markdown summary. Returns the report's lake
     paths and markdown, ``runs`` (the method's run summaries as dicts, see
-    :class:`~tag_pipeline.methods.RunSummary`), ``method`` (its name), the stage timings and, under ``fan_out``, the stats of the LLM stage's
+    :class:`~tag_pipeline.methods.RunSummary`), ``method`` (its name), ``graph`` and
+    ``responses`` (lake paths; ``responses`` ``None`` when no LLM answer was read), the stage
+    timings and, under ``fan_out``, the stats of the LLM stage's
     shard tasks when ``scale_out`` fanned it out (``{"llm": [{"shard", "requests", "worker",
     ...}]}``, see ``tag_pipeline.llm.stage.ask_llm_shard``).
     """
@@ -97,7 +99,7 @@ def tag(
         )
         print(out["markdown"])
         return out | {
-            "runs": rows, "method": cfg.method.name,
+            "runs": rows, "method": cfg.method.name, "graph": paths.get("graph"), "responses": responses,
             "timings": {k: round(v, 3) for k, v in timings.items()}, "fan_out": fan_out,
         }
 

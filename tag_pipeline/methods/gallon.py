@@ -432,23 +432,6 @@ def grid_points(cfg: GallonMethod) -> list[dict[str, float]]:
     ]
 
 
-def forward_ms_per_node(fn, num_nodes: int, repeats: int) -> float:
-    """Median wall time of ``fn()`` (a full-batch forward pass, no gradients) per node, in
-    milliseconds, over ``repeats`` calls after one warm-up call."""
-    import statistics
-
-    import torch
-
-    with torch.inference_mode():
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times) / max(num_nodes, 1)
-
-
 # --- the stage in the lake ------------------------------------------------------------------
 
 
@@ -504,59 +487,6 @@ def teacher_members(teacher: Mapping[str, Any]) -> list[str]:
     if manifest.get("stage") == "ensemble":
         return [str(p) for p in manifest["inputs"].values()]
     return [str(teacher["path"])]
-
-
-def load_trained_model(run_path: str | Path, graph, *, threads: int | None = None):
-    """A training run's model with its best-epoch weights, ready for inference.
-
-    Returns:
-        ``(model, x, operator)``: the :class:`~tag_pipeline.models.NodeClassifier` in eval mode,
-        its input feature ``[N, F]`` (or ``[N, k]`` for P) read from the run's feature artifact,
-        and what it is called with for the graph (:func:`~tag_pipeline.models.graph_operator`).
-    """
-    import torch
-    from safetensors.torch import load_file
-
-    from tag_pipeline import lake
-    from tag_pipeline.config import GNNConfig
-    from tag_pipeline.features.store import read_feature
-    from tag_pipeline.models import build_model, graph_operator
-    from tag_pipeline.train import WEIGHTS_FILE
-
-    art = lake.read_artifact(run_path, verify=False)
-    summary = art.manifest["summary"]
-    cfg = GNNConfig.model_validate(art.manifest["config"])
-    x = read_feature(Path(art.manifest["inputs"]["features"]), graph.num_nodes)
-    model_name = summary["model"]
-    model = build_model(
-        model_name, x.shape[1], graph.num_classes, hidden=cfg.hidden, num_layers=cfg.layers_for(model_name),
-        dropout=cfg.dropout, topk=x.shape[1] if summary["feature"] == "P" else None, adjacency=cfg.adjacency,
-    )
-    model.load_state_dict(load_file(str(Path(run_path) / WEIGHTS_FILE)))
-    model.eval()
-    op = graph_operator(model_name, torch.from_numpy(graph.edge_index), graph.num_nodes, cfg.adjacency)
-    return model, x, op
-
-
-def hidden_representation(model, x, op):
-    """``[N, H]`` input of the model's last layer (its last hidden representation), no gradient.
-
-    Raises:
-        ValueError: a model without a PyG ``convs`` or ``lins`` list (e.g. RevGAT).
-    """
-    import torch
-
-    layers = getattr(model.backbone, "convs", None) or getattr(model.backbone, "lins", None)
-    if not layers:
-        raise ValueError(f"representation alignment needs a PyG GCN/SAGE/MLP teacher, not {type(model.backbone).__name__}")
-    seen = {}
-    handle = layers[-1].register_forward_pre_hook(lambda mod, args: seen.__setitem__("h", args[0]))
-    try:
-        with torch.no_grad():
-            model(x, op)
-    finally:
-        handle.remove()
-    return seen["h"].detach()
 
 
 def gallon_key(graph_id: str, teacher_path: str, feature_paths: Mapping[str, str], cfg: GallonMethod, seed: int) -> str:
@@ -620,6 +550,7 @@ def materialize_gallon(
     from tag_pipeline import lake
     from tag_pipeline.datasets import check_split, graph_content_key, open_graph, split_key
     from tag_pipeline.features.store import read_feature
+    from tag_pipeline.inference import forward_ms_per_node, hidden_representation, load_trained_model
     from tag_pipeline.train import accuracy, predictions_frame
 
     graph_path = Path(graph_path)
@@ -671,7 +602,9 @@ def materialize_gallon(
                     best, best_point = fit, point
             plain = train_student(inputs, y, split, c, cfg, seed=seed)
 
-            # inference time per node, student vs each teacher member, same process and threads
+            # inference time per node, student vs each teacher member, same process, one thread
+            # (as the leaderboard measures every other run)
+            torch.set_num_threads(1)
             student = build_student(inputs.dense.shape[1], c, cfg, inputs.topk)
             student.load_state_dict(best.state_dict)
             student.eval()

@@ -1,0 +1,94 @@
+"""Inference with trained runs of the lake: rebuild a model, time its forward pass, read its
+hidden layer. Used by GALLON (teacher representations, inference time), the leaderboard
+(inference ms per node of every method, measured side by side) and prediction for new nodes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def forward_ms_per_node(fn, num_nodes: int, repeats: int) -> float:
+    """Median wall time of ``fn()`` (a full-batch forward pass, no gradients) per node, in
+    milliseconds, over ``repeats`` calls after one warm-up call."""
+    import statistics
+
+    import torch
+
+    with torch.inference_mode():
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times) / max(num_nodes, 1)
+
+
+def load_trained_model(run_path: str | Path, graph, *, threads: int | None = None):
+    """A training run's model with its best-epoch weights, ready for inference.
+
+    Returns:
+        ``(model, x, operator)``: the :class:`~tag_pipeline.models.NodeClassifier` in eval mode,
+        its input feature ``[N, F]`` (or ``[N, k]`` for P) read from the run's feature artifact,
+        and what it is called with for the graph (:func:`~tag_pipeline.models.graph_operator`).
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from tag_pipeline import lake
+    from tag_pipeline.config import GNNConfig
+    from tag_pipeline.features.store import read_feature
+    from tag_pipeline.models import build_model, graph_operator
+    from tag_pipeline.train import WEIGHTS_FILE
+
+    art = lake.read_artifact(run_path, verify=False)
+    summary = art.manifest["summary"]
+    cfg = GNNConfig.model_validate(art.manifest["config"])
+    x = read_feature(Path(art.manifest["inputs"]["features"]), graph.num_nodes)
+    model_name = summary["model"]
+    model = build_model(
+        model_name, x.shape[1], graph.num_classes, hidden=cfg.hidden, num_layers=cfg.layers_for(model_name),
+        dropout=cfg.dropout, topk=x.shape[1] if summary["feature"] == "P" else None, adjacency=cfg.adjacency,
+    )
+    model.load_state_dict(load_file(str(Path(run_path) / WEIGHTS_FILE)))
+    model.eval()
+    op = graph_operator(model_name, torch.from_numpy(graph.edge_index), graph.num_nodes, cfg.adjacency)
+    return model, x, op
+
+
+def hidden_representation(model, x, op):
+    """``[N, H]`` input of the model's last layer (its last hidden representation), no gradient.
+
+    Raises:
+        ValueError: a model without a PyG ``convs`` or ``lins`` list (e.g. RevGAT).
+    """
+    import torch
+
+    layers = getattr(model.backbone, "convs", None) or getattr(model.backbone, "lins", None)
+    if not layers:
+        raise ValueError(f"representation alignment needs a PyG GCN/SAGE/MLP teacher, not {type(model.backbone).__name__}")
+    seen = {}
+    handle = layers[-1].register_forward_pre_hook(lambda mod, args: seen.__setitem__("h", args[0]))
+    try:
+        with torch.no_grad():
+            model(x, op)
+    finally:
+        handle.remove()
+    return seen["h"].detach()
+
+
+def run_forward_ms_per_node(run_path: str | Path, graph, repeats: int = 20) -> float:
+    """Inference ms per node of a training run (:func:`forward_ms_per_node` of its model on
+    the whole graph), or of an h_TAPE ensemble (the sum over its members: each runs once).
+
+    Raises:
+        KeyError / FileNotFoundError: not a training or ensemble artifact.
+    """
+    from tag_pipeline import lake
+
+    manifest = lake.read_artifact(run_path, verify=False).manifest
+    if manifest.get("stage") == "ensemble":
+        return sum(run_forward_ms_per_node(p, graph, repeats) for p in manifest["inputs"].values())
+    model, x, op = load_trained_model(run_path, graph)
+    return forward_ms_per_node(lambda: model(x, op), graph.num_nodes, repeats)

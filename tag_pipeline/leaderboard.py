@@ -1,0 +1,185 @@
+"""One table for several methods on one dataset and the same splits (the ``compare`` flow).
+
+Each method's run summaries (:class:`~tag_pipeline.methods.RunSummary`) become rows of
+accuracy mean ± std over seeds, beside the method's wall time in this comparison, the LLM
+tokens behind its features and its inference time per node, measured here, one run after
+another in one process, so the figures are comparable; published figures are listed beside
+(LLMNodeBed and GLBench compare methods the same way: same splits, one table).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tag_pipeline import lake
+
+LEADERBOARD_STAGE_VERSION = 1
+LEADERBOARD_FILE = "leaderboard.parquet"
+LEADERBOARD_MD = "leaderboard.md"
+
+#: The predictors of each method the leaderboard shows (variants); others stay in the method's report.
+HEADLINE_VARIANTS: dict[str, tuple[str, ...]] = {
+    "tape": ("TAPE", "TA"),  # h_TAPE, and a GNN on the LM's TA embedding alone
+    "gallon": ("student", "mlp"),
+}
+
+#: Published test accuracy on TAPE's 60/20/20 random splits: (source, method, model, accuracy).
+PUBLISHED: dict[str, list[tuple[str, str, str, float]]] = {
+    "cora": [
+        ("TAPE, He et al. 2024, Table 2 (DeBERTa-base fine-tuned)", "TAPE h_TAPE", "GCN", 0.9119),
+        ("TAPE, He et al. 2024, Table 2 (DeBERTa-base fine-tuned)", "TAPE h_TAPE", "SAGE", 0.9290),
+        ("TAPE, He et al. 2024, Table 2 (DeBERTa-base fine-tuned)", "TAPE h_TAPE", "MLP", 0.8778),
+        ("LLMNodeBed (Wu et al. 2025), Cora 60/20/20", "GCN on LLM embeddings", "GCN", 0.8815),
+        ("LLMNodeBed (Wu et al. 2025), Cora 60/20/20", "SAGE on LLM embeddings", "SAGE", 0.8744),
+        ("LLMNodeBed (Wu et al. 2025), Cora 60/20/20", "TAPE", "GCN", 0.8805),
+        ("LLMNodeBed (Wu et al. 2025), Cora 60/20/20", "GLEM", "–", 0.8681),
+        ("Dr.E, Liu et al. 2025 (Llama-2-7B)", "Dr.E", "LLM", 0.9132),
+    ],
+}
+
+
+def llm_tokens(responses: str | Path | None) -> int | None:
+    """Prompt + completion tokens of a responses artifact (the usage the backend reported;
+    ``None`` when there are no responses or no usage was recorded)."""
+    if not responses:
+        return None
+    df = pl.read_parquet(Path(responses) / "responses.parquet")
+    cols = [c for c in ("prompt_tokens", "completion_tokens") if c in df.columns]
+    if not cols:
+        return None
+    total = df.select(pl.sum_horizontal(*cols).sum()).item()
+    return int(total) if total is not None else None
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def leaderboard_frame(
+    results: Sequence[Mapping[str, Any]],
+    infer_ms: Mapping[str, float] | None = None,
+) -> pl.DataFrame:
+    """The leaderboard: one row per (method, model, variant) among the headline variants.
+
+    Args:
+        results: per method, ``{"method": name, "wall_s": seconds of its flow run here,
+            "llm_tokens": int | None, "runs": [run summary dicts]}``.
+        infer_ms: ``{artifact path: inference ms per node}`` measured for runs whose summary
+            has none (TAPE's).
+
+    Returns:
+        columns ``method``, ``model``, ``variant`` utf8; ``seeds`` int64; ``test_mean``,
+        ``test_std``, ``val_mean`` float64 (accuracy in [0, 1]); ``wall_s`` float64 (seconds,
+        the method's whole flow run in this comparison); ``llm_tokens`` int64 (null: none used
+        or not recorded); ``infer_ms_per_node`` float64 (median over seeds), sorted by
+        ``test_mean`` descending.
+    """
+    infer_ms = infer_ms or {}
+    rows = []
+    for res in results:
+        method = res["method"]
+        wanted = HEADLINE_VARIANTS.get(method)
+        groups: dict[tuple[str, str], list[Mapping]] = {}
+        for r in res["runs"]:
+            variant = r.get("variant", r.get("feature"))
+            if r.get("method", method) != method or (wanted and variant not in wanted):
+                continue
+            groups.setdefault((r["model"], variant), []).append(r)
+        for (model, variant), runs in groups.items():
+            test_mean, test_std = _mean_std([float(r["test_acc"]) for r in runs])
+            ms = [r.get("infer_ms_per_node") or infer_ms.get(str(r["path"])) for r in runs]
+            ms = [m for m in ms if m is not None]
+            rows.append({
+                "method": method, "model": model, "variant": variant, "seeds": len(runs),
+                "test_mean": test_mean, "test_std": test_std,
+                "val_mean": statistics.mean(float(r["val_acc"]) for r in runs),
+                "wall_s": float(res["wall_s"]), "llm_tokens": res.get("llm_tokens"),
+                "infer_ms_per_node": statistics.median(ms) if ms else None,
+            })
+    schema = {"method": pl.Utf8, "model": pl.Utf8, "variant": pl.Utf8, "seeds": pl.Int64, "test_mean": pl.Float64,
+              "test_std": pl.Float64, "val_mean": pl.Float64, "wall_s": pl.Float64, "llm_tokens": pl.Int64,
+              "infer_ms_per_node": pl.Float64}
+    return pl.DataFrame(rows, schema=schema).sort("test_mean", descending=True, maintain_order=True)
+
+
+def render_leaderboard(dataset: str, board: pl.DataFrame, seeds: Sequence[int]) -> str:
+    """Markdown: the leaderboard table, then the published figures on the same kind of split."""
+    out = [
+        f"# Leaderboard on {dataset}: node classification", "",
+        f"Test accuracy, mean ± std over seeds {list(seeds)}, every method on the same splits (TAPE's "
+        "60/20/20 random split per seed); every choice on validation. Wall time: the method's "
+        "whole flow run in this comparison (stages found in the lake cost ~0). LLM tokens: prompt + "
+        "completion tokens of the answers its features were built from. Inference: one full-batch "
+        "forward pass per node, features in memory, measured side by side in one process.", "",
+        "| method | model | predictor | test | val | wall s | LLM tokens | inference ms/node |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in board.iter_rows(named=True):
+        tokens = f"{r['llm_tokens']:,}" if r["llm_tokens"] is not None else "–"
+        ms = f"{r['infer_ms_per_node']:.5f}" if r["infer_ms_per_node"] is not None else "–"
+        acc = f"{r['test_mean']:.4f} ± {r['test_std']:.4f}" if r["seeds"] > 1 else f"{r['test_mean']:.4f}"
+        out.append(f"| {r['method']} | {r['model']} | {r['variant']} | {acc} | {r['val_mean']:.4f} | "
+                   f"{r['wall_s']:.1f} | {tokens} | {ms} |")
+    published = PUBLISHED.get(dataset, [])
+    if published:
+        out += ["", "Published (other encoders and LLMs; for scale, not a like-for-like comparison):", "",
+                "| source | method | model | test |", "|---|---|---|---|"]
+        out += [f"| {s} | {m} | {model} | {acc:.4f} |" for s, m, model, acc in published]
+    return "\n".join(out) + "\n"
+
+
+def materialize_leaderboard(
+    dataset: str,
+    graph_path: str | Path,
+    results: Sequence[Mapping[str, Any]],
+    seeds: Sequence[int],
+    lake_root: str | Path,
+    timing_repeats: int = 20,
+) -> tuple[Path, str, pl.DataFrame]:
+    """Measure TAPE-style runs' inference time, build and write the leaderboard.
+
+    Writes ``<lake>/<dataset>/compare/<key>`` (``leaderboard.parquet``, ``leaderboard.md``);
+    the key hashes the runs' artifact paths and the wall times, so every comparison run is
+    kept (wall times differ), never overwritten.
+
+    Returns:
+        (artifact directory, markdown, :func:`leaderboard_frame`).
+    """
+    import torch
+
+    from tag_pipeline.datasets import open_graph
+    from tag_pipeline.inference import run_forward_ms_per_node
+
+    graph = open_graph(Path(graph_path))
+    infer_ms: dict[str, float] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # GALLON times its student and teachers on one thread too
+    try:
+        for res in results:
+            wanted = HEADLINE_VARIANTS.get(res["method"])
+            for r in res["runs"]:
+                variant = r.get("variant", r.get("feature"))
+                if r.get("infer_ms_per_node") is None and (not wanted or variant in wanted) and r.get("method") == res["method"]:
+                    infer_ms[str(r["path"])] = run_forward_ms_per_node(r["path"], graph, timing_repeats)
+    finally:
+        torch.set_num_threads(threads)
+    board = leaderboard_frame(results, infer_ms)
+    markdown = render_leaderboard(dataset, board, seeds)
+    key = lake.config_hash(
+        LEADERBOARD_STAGE_VERSION, sorted(str(r["path"]) for res in results for r in res["runs"]),
+        [round(float(res["wall_s"]), 3) for res in results],
+    )
+    path = lake.artifact_dir(lake_root, dataset, "compare", key)
+    if lake.find_artifact(path) is None:
+        with lake.exclusive(path) as committed:
+            if not committed:
+                with lake.write_artifact(path, stage="compare", config={"methods": [r["method"] for r in results]},
+                                         inputs={"graph": str(graph_path)}, rows=board.height) as tmp:
+                    board.write_parquet(tmp / LEADERBOARD_FILE)
+                    (tmp / LEADERBOARD_MD).write_text(markdown)
+    return path, markdown, board

@@ -1,0 +1,46 @@
+"""The leaderboard table (tag_pipeline.leaderboard) from hand-made run summaries."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from tag_pipeline.leaderboard import leaderboard_frame, llm_tokens, render_leaderboard
+
+
+def _run(method, model, variant, seed, test, val=0.5, path=None, ms=None):
+    return {"method": method, "model": model, "variant": variant, "feature": variant, "seed": seed,
+            "test_acc": test, "val_acc": val, "path": path or f"/lake/{method}-{model}-{variant}-{seed}",
+            "infer_ms_per_node": ms}
+
+
+RESULTS = [
+    {"method": "tape", "wall_s": 12.5, "llm_tokens": 1000, "runs": [
+        _run("tape", "gcn", "TAPE", 0, 0.8), _run("tape", "gcn", "TAPE", 1, 0.9),
+        _run("tape", "gcn", "E", 0, 0.1), _run("tape", "gcn", "E", 1, 0.1),  # not a headline variant
+    ]},
+    {"method": "gallon", "wall_s": 3.0, "llm_tokens": 1000, "runs": [
+        _run("tape", "gcn", "TAPE", 0, 0.8),  # the teachers' own rows belong to TAPE
+        _run("gallon", "mlp", "student", 0, 0.85, ms=0.002), _run("gallon", "mlp", "student", 1, 0.95, ms=0.004),
+    ]},
+]
+
+
+def test_leaderboard_rows_mean_std_and_order():
+    board = leaderboard_frame(RESULTS, infer_ms={"/lake/tape-gcn-TAPE-0": 0.01, "/lake/tape-gcn-TAPE-1": 0.03})
+    assert board.select("method", "model", "variant").rows() == [("gallon", "mlp", "student"), ("tape", "gcn", "TAPE")]
+    student, tape = board.to_dicts()
+    assert student["test_mean"] == pytest.approx(0.9) and student["test_std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert student["infer_ms_per_node"] == pytest.approx(0.003) and student["wall_s"] == 3.0
+    assert tape["test_mean"] == pytest.approx(0.85) and tape["infer_ms_per_node"] == pytest.approx(0.02)
+    assert tape["seeds"] == 2 and tape["llm_tokens"] == 1000
+    md = render_leaderboard("cora", board, [0, 1])
+    assert "| gallon | mlp | student | 0.9000 ± 0.0707 |" in md
+    assert "0.9132" in md and "0.8815" in md  # Dr.E and LLMNodeBed beside
+
+
+def test_llm_tokens_sums_prompt_and_completion(tmp_path):
+    pl.DataFrame({"node_id": [0, 1, 2], "prompt_tokens": [10, None, 5], "completion_tokens": [1, 2, None]}).write_parquet(
+        tmp_path / "responses.parquet")
+    assert llm_tokens(tmp_path) == 18
+    assert llm_tokens(None) is None
