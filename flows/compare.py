@@ -18,7 +18,7 @@ from flows.tag import tag
 from tasks.compare import leaderboard
 
 
-@flow(name="compare", log_prints=True)
+@flow(name="tag", log_prints=True)  # one flow name for the project: deployments are tag/<what>
 def compare(
     dataset: DatasetConfig = DatasetConfig(),
     methods: list[MethodConfig] = [TapeMethod(), GallonMethod()],

@@ -2,6 +2,7 @@
 
     tag --config configs/cora.yaml --gnn.hidden 256 --seeds '[0,1]'
     tag lake ...                        # the lake's own subcommands (tag_cli.lake)
+    tag predict --nodes new.csv         # labels for new nodes from a trained run (tag_cli.predict)
 
 Every field of :class:`tag_pipeline.config.PipelineConfig` is an option (``tag --help``
 lists them with their defaults). Precedence: command line > YAML file > ``TAG_*``
@@ -54,7 +55,8 @@ EPHEMERAL_STARTUP_TIMEOUT_S = "300"
 
 USAGE = f"""\
 {PROG} [--config FILE.yaml] [--print-config] [overrides...]
-       {PROG} lake ...   (the data lake's subcommands: '{PROG} lake --help')"""
+       {PROG} lake ...   (the data lake's subcommands: '{PROG} lake --help')
+       {PROG} predict --nodes NEW.csv [--edges E.csv] [--run PATH]   (labels for new nodes)"""
 DESCRIPTION = """\
 Run the TAPE pipeline (the Prefect flow 'tag') in this process.
 
@@ -291,6 +293,12 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _discriminator(model: type[BaseModel]) -> Any:
+    """The default of ``model``'s ``name`` field (a method's tag), or ``None``."""
+    info = model.model_fields.get("name")
+    return info.default if info is not None else None
+
+
 def _is_union(annotation: Any) -> bool:
     """Whether an annotation is ``A | B`` (or ``Optional[A]``, ``Union[A, B]``)."""
     return get_origin(annotation) in (Union, types.UnionType)
@@ -311,9 +319,15 @@ def _read_loc(loc: tuple[str | int, ...]) -> tuple[str, str, list[str], type[Bas
     model: type[BaseModel] | None = PipelineConfig
     parent: type[BaseModel] | None = PipelineConfig
     in_fields, union_tag_next = True, False
+    members: list = []
     for part in loc:
         if union_tag_next:  # the member's tag: the rest of the location is inside the member
-            union_tag_next, model, in_fields, within = False, None, False, ""
+            union_tag_next = False
+            tagged = [m for m in members if _model_in(m) is not None and _discriminator(_model_in(m)) == part]
+            if tagged:  # a discriminated union (``method``): go on inside the member named by its tag
+                model = _model_in(tagged[0])
+                continue
+            model, in_fields, within = None, False, ""
             continue
         if within is not None:
             if part == "[key]":
@@ -488,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lake"]:
         return _run_lake(argv[1:])
+    if argv[:1] == ["predict"]:
+        return importlib.import_module("tag_cli.predict").main(argv[1:])
     try:
         cfg, own = parse_config(argv)
     except UsageError as exc:

@@ -133,6 +133,18 @@ BAD_COMMAND_LINES = {
         ["--gnn.num_layers", "abc"], {}, None,
         [["gnn.num_layers: Input should be a valid integer", "; or Input should be a valid dictionary (got abc)"]],
     ),
+    "unknown method": (
+        ["--method", '{{"name": "glem"}}'], {}, None,
+        [["method: Input tag 'glem'", "expected tags: 'tape', 'gallon'"]],
+    ),
+    "unknown field of a method": (
+        ["--method", '{{"name": "gallon", "alpha": 1}}'], {}, None,
+        [["method.alpha: unknown field (got 1); did you mean method.alphas?"]],
+    ),
+    "bad value of a method field (YAML)": (
+        ["--config", "{yaml}"], {}, "method:\n  name: gallon\n  temperatures: [0]\n",
+        [["method.temperatures: temperatures must be > 0"]],
+    ),
     "bad list item": (
         ["--models", '["gat"]'], {}, None,
         [["models[0]: Input should be 'mlp', 'gcn', 'sage' or 'revgat' (got gat)"]],
