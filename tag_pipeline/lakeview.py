@@ -828,6 +828,11 @@ def _newest_mtime(folder: Path) -> float:
     return max(times)
 
 
+#: Stages whose artifacts are a user's outputs, never collected: leaderboards (``tag/compare``)
+#: and predictions for new nodes (``tag/predict``); what they were built from is kept with them.
+KEPT_OUTPUT_STAGES = frozenset({"compare", "predict"})
+
+
 def gc_plan(root: Path | str, keep_reports: int = 1, *, active_s: float = ACTIVE_SHARDS_S) -> pl.DataFrame:
     """What a garbage collection of the lake would delete, and why. Deletes nothing.
 
@@ -836,7 +841,9 @@ def gc_plan(root: Path | str, keep_reports: int = 1, *, active_s: float = ACTIVE
     kept: their lineage closure through the manifests' ``inputs``, any other string of a
     manifest naming an artifact of the lake, and the artifact paths a report lists under
     "Where the files are" in its ``report.md`` (the graph, LLM answers and features even of a
-    run that stopped before training). Candidates:
+    run that stopped before training). Leaderboards and predictions for new nodes
+    (:data:`KEPT_OUTPUT_STAGES`) are always kept, with what they reach (the run a prediction
+    came from). Candidates:
 
     - ``artifact``: a committed artifact no current report reaches (older reports included),
       committed before the dataset's newest report: a later one may belong to a run still in
@@ -895,7 +902,7 @@ def gc_plan(root: Path | str, keep_reports: int = 1, *, active_s: float = ACTIVE
         reports = sorted((a for a in arts if a.stage == "report"), key=lambda a: a.created, reverse=True)
         current, older = reports[:keep_reports], reports[keep_reports:]
         reached: set[tuple] = set()
-        for r in current:
+        for r in current + [a for a in arts if a.stage in KEPT_OUTPUT_STAGES]:
             reached |= index.closure(r.id)
         reached_by_older: dict[tuple, str] = {}
         for r in older:

@@ -397,3 +397,25 @@ def test_gc_removes_the_old_config_and_keeps_what_the_new_report_reaches(built):
     upstream = {p for p in new_closure if p.parent.name in ("graph", "llm", "features")}
     assert len(upstream) == 5
     assert set(map(Path, lakeview.gc_plan(root)["path"])) == new_closure - upstream
+
+
+def test_gc_keeps_predictions_leaderboards_and_the_runs_they_used(tmp_path):
+    root = tmp_path / "lake"
+    cora = root / "cora"
+
+    def art(stage: str, name: str, **inputs) -> Path:
+        path = cora / stage / name
+        with lake_lib.write_artifact(path, stage=stage, inputs={k: str(v) for k, v in inputs.items()}) as tmp:
+            (tmp / "x.parquet").write_bytes(b"\0")
+        return path
+
+    graph = art("graph", "g0")
+    used = art("gallon", "s0-aaaa", graph=graph)
+    unused = art("train", "gcn-TA-s0-bbbb", graph=graph)
+    board_run = art("train", "sage-TA-s0-cccc", graph=graph)
+    prediction = art("predict", "s0-aaaa-dddd", run=used)
+    board = art("compare", "eeee", graph=graph, run=board_run)
+    art("report", "ffff", graph=graph)  # the newest report reaches only the graph
+    planned = set(map(Path, lakeview.gc_plan(root)["path"]))
+    assert planned == {unused}
+    assert not {used, prediction, board, board_run} & planned
