@@ -80,7 +80,8 @@ def hidden_representation(model, x, op):
 
 def run_forward_ms_per_node(run_path: str | Path, graph, repeats: int = 20) -> float:
     """Inference ms per node of a training run (:func:`forward_ms_per_node` of its model on
-    the whole graph), or of an h_TAPE ensemble (the sum over its members: each runs once).
+    the whole graph), of an h_TAPE ensemble (the sum over its members: each runs once), or of
+    a GALLON artifact's student (its features only, no graph).
 
     Raises:
         KeyError / FileNotFoundError: not a training or ensemble artifact.
@@ -88,6 +89,12 @@ def run_forward_ms_per_node(run_path: str | Path, graph, repeats: int = 20) -> f
     from tag_pipeline import lake
 
     manifest = lake.read_artifact(run_path, verify=False).manifest
+    if manifest.get("stage") == "gallon":  # the student (the plain MLP has its architecture)
+        from tag_pipeline.methods.gallon import load_student, load_student_inputs
+
+        student, info = load_student(run_path)
+        inputs = load_student_inputs(info["feature_paths"], info["features"], graph.num_nodes)
+        return forward_ms_per_node(lambda: student(inputs.dense, inputs.p), graph.num_nodes, repeats)
     if manifest.get("stage") == "ensemble":
         return sum(run_forward_ms_per_node(p, graph, repeats) for p in manifest["inputs"].values())
     model, x, op = load_trained_model(run_path, graph)
