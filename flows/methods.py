@@ -19,6 +19,7 @@ from tag_pipeline.methods import RunSummary, summaries
 from flows.fanout import fan_out_embedding
 from tasks.features import build_prediction_feature, embed_text, finetune_lm
 from tasks.gallon import distil_gallon
+from tasks.glem import train_glem
 from tasks.train import ensemble as ensemble_task
 from tasks.train import train_gnn_runs
 
@@ -134,8 +135,20 @@ def gallon_stages(run: MethodRun) -> list[RunSummary]:
     return out
 
 
+def glem_stages(run: MethodRun) -> list[RunSummary]:
+    """GLEM (tag_pipeline.methods.glem): one LM + GNN co-training per seed, on node text only."""
+    out: list[RunSummary] = []
+    with run.timed("glem"):
+        for seed in run.cfg.seeds:
+            out += summaries(train_glem(run.graph, seed, run.cfg.method, run.lake, build=run.cfg.builds("train")), "glem")
+    run.paths["GLEM runs"] = str(run.cfg.lake / run.cfg.dataset.lake_name / "glem")
+    return out
+
+
 #: the stages function of each method, by name
-METHOD_STAGES: dict[str, Callable[[MethodRun], list[RunSummary]]] = {"tape": tape_stages, "gallon": gallon_stages}
+METHOD_STAGES: dict[str, Callable[[MethodRun], list[RunSummary]]] = {
+    "tape": tape_stages, "gallon": gallon_stages, "glem": glem_stages,
+}
 
 
 def register_stages(name: str, stages: Callable[[MethodRun], list[RunSummary]]) -> None:

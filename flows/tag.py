@@ -109,7 +109,7 @@ def tag(
     responses = None
     if cfg.stop_after == "graph":
         return finish([])
-    if {"E", "P"} & set(features) or cfg.stop_after == "llm":
+    if cfg.method.needs_llm(features) or cfg.stop_after == "llm":
         with _timed(timings, "llm"):
             if cfg.builds("llm") and cfg.scale_out.runner != "local" and cfg.llm.backend != "replay":
                 fan_out["llm"] = fan_out_llm(graph, cfg.llm, lake_root, cfg.scale_out)

@@ -26,6 +26,7 @@ LEADERBOARD_MD = "leaderboard.md"
 HEADLINE_VARIANTS: dict[str, tuple[str, ...]] = {
     "tape": ("TAPE", "TA"),  # h_TAPE, and a GNN on the LM's TA embedding alone
     "gallon": ("student", "mlp"),
+    "glem": ("lm", "gnn"),
 }
 
 #: Published test accuracy on TAPE's 60/20/20 random splits: (source, method, model, accuracy).

@@ -93,6 +93,11 @@ class MethodConfig(BaseModel):
 
         return variant_table(self, dataset, metrics)
 
+    def needs_llm(self, features: Sequence[str]) -> bool:
+        """Whether the flow must read the LLM's answers before this method's stages: by default
+        when the run's ``features`` include E or P (TAPE's)."""
+        return bool({"E", "P"} & set(features))
+
     def key_fields(self) -> dict[str, Any]:
         """The fields that decide the method's results (all by default), for lineage keys."""
         return self.model_dump(mode="json")

@@ -119,3 +119,35 @@ def test_gallon_on_a_cora_slice(prefect_harness, shared_data, tmp_path, task_sta
     states = task_states(state2.state_details.flow_run_id)
     assert states["distil-gallon-s0"] == "Cached"
     assert state2.result()["runs"] == out["runs"]
+
+
+def test_full_batch_loader_puts_seed_nodes_first_and_relabels_edges():
+    import torch
+    from torch_geometric.data import Data
+
+    from tag_pipeline.methods.glem import FullBatchLoader
+
+    data = Data(x=torch.arange(5.0).view(5, 1), edge_index=torch.tensor([[0, 1, 4], [1, 2, 3]]),
+                y=torch.arange(5), is_gold=torch.tensor([True, False, False, True, False]))
+    (batch,) = list(FullBatchLoader(data, torch.tensor([3, 1])))
+    assert batch.batch_size == 2 and batch.n_id.tolist() == [3, 1, 0, 2, 4]
+    assert batch.x.view(-1).tolist() == [3.0, 1.0, 0.0, 2.0, 4.0] and batch.y.tolist() == [3, 1, 0, 2, 4]
+    # the same edges, between the same original nodes
+    assert sorted(zip(batch.n_id[batch.edge_index[0]].tolist(), batch.n_id[batch.edge_index[1]].tolist())) == [
+        (0, 1), (1, 2), (4, 3)]
+
+
+def test_glem_through_pyg_on_a_cora_slice(prefect_harness, shared_data, tmp_path):
+    from flows.tag import tag
+    from tag_pipeline.methods import GlemMethod
+
+    lake = tmp_path / "lake"
+    out = tag(dataset=DatasetConfig(root=shared_data, subset=100), method=GlemMethod(max_length=16, gnn_epochs=5),
+              seeds=[0], lake=str(lake))
+    runs = {r["variant"]: r for r in out["runs"]}
+    assert set(runs) == {"lm", "gnn", "glem"} and {r["method"] for r in out["runs"]} == {"glem"}
+    chosen = runs["glem"]
+    assert chosen["val_acc"] == max(runs["lm"]["val_acc"], runs["gnn"]["val_acc"])
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in runs.values())
+    assert sorted(p.name for p in (lake / "cora").iterdir()) == ["glem", "graph", "report"]  # no LLM read
+    assert out["markdown"].startswith("# GLEM on cora")

