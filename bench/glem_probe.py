@@ -10,8 +10,8 @@ labels), printing wall time per phase and val/test accuracy after each.
 
 Deviations from PyG's example (examples/llm/glem.py), all without monkeypatching:
 - no ``peft`` in the venv -> ``lm_use_lora=False`` (full fine-tuning), ``lm_dtype=float32``;
-- no pyg-lib/torch-sparse -> ``NeighborLoader`` cannot sample; :class:`FullBatchLoader` below
-  yields the whole graph as one "batch" with the seed nodes relabelled first, which is all
+- no pyg-lib/torch-sparse -> ``NeighborLoader`` cannot sample;
+  :class:`tag_pipeline.methods.glem.FullBatchLoader` yields the whole graph as one "batch" with the seed nodes relabelled first, which is all
   ``GLEM.train_gnn``/``inference_gnn`` read (``x, edge_index, y, is_gold, n_id, batch_size``);
 - the text dataset is a plain ``Dataset`` of pre-tokenised tensors instead of ``TAGDataset``
   (same item layout: ``input``, ``labels``, ``is_gold``, ``n_id``);
@@ -42,6 +42,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from tag_pipeline.config import DatasetConfig  # noqa: E402
 from tag_pipeline.datasets import load_dataset  # noqa: E402
 from tag_pipeline.features.text import resolve_model_path  # noqa: E402
+from tag_pipeline.methods.glem import FullBatchLoader  # noqa: E402
 
 
 class TextNodes(Dataset):
@@ -56,26 +57,6 @@ class TextNodes(Dataset):
     def __getitem__(self, i):
         return {"input": {k: v[i] for k, v in self.enc.items()}, "labels": self.labels[i],
                 "is_gold": self.is_gold[i], "n_id": torch.as_tensor(i)}
-
-
-class FullBatchLoader:
-    """Stands in for NeighborLoader: one batch, the whole graph, seed nodes first."""
-
-    def __init__(self, data: Data, input_nodes: torch.Tensor):
-        self.data, self.input_nodes = data, input_nodes
-        rest = torch.ones(data.num_nodes, dtype=torch.bool)
-        rest[input_nodes] = False
-        perm = torch.cat([input_nodes, rest.nonzero().view(-1)])
-        inv = torch.empty_like(perm)
-        inv[perm] = torch.arange(perm.numel())
-        self.batch = Data(x=data.x[perm], edge_index=inv[data.edge_index], y=data.y[perm],
-                          is_gold=data.is_gold[perm], n_id=perm, batch_size=input_nodes.numel())
-
-    def __len__(self):
-        return 1
-
-    def __iter__(self):
-        yield self.batch
 
 
 def main() -> None:

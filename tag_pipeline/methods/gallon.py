@@ -344,8 +344,6 @@ def train_student(
     import torch
     from torch import nn
 
-    from tag_pipeline.train import accuracy
-
     if alpha and gnn_logits is None:
         raise ValueError("alpha > 0 needs the GNN teacher's logits")
     if gamma and (h_gnn is None or e_lm is None):
@@ -359,11 +357,9 @@ def train_student(
         from_lm = nn.Linear(e_lm.shape[1], cfg.hidden)
         params += list(to_gnn.parameters()) + list(from_lm.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train_idx, val_idx = torch.from_numpy(split.train), torch.from_numpy(split.val)
-    best = Fit(None, {}, -1.0, 0, 0.0)
-    since = 0
-    start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    train_idx = torch.from_numpy(split.train)
+
+    def step() -> None:
         student.train()
         opt.zero_grad()
         logits, h = student(inputs.dense, inputs.p)
@@ -374,12 +370,34 @@ def train_student(
         )
         terms.total.backward()
         opt.step()
+
+    def predict():
         student.eval()
+        return student(inputs.dense, inputs.p)[0]
+
+    return _fit(student, step, predict, y, split, cfg)
+
+
+def _fit(module, step, predict, y, split, cfg: GallonMethod) -> Fit:
+    """Full-batch training with early stopping on validation accuracy: ``step()`` once per
+    epoch, then ``predict()`` (no gradient) gives ``[N, C]`` logits; the best epoch's logits and
+    ``module``'s weights are kept (earliest on ties; stop after ``cfg.patience`` epochs
+    without a better one)."""
+    import torch
+
+    from tag_pipeline.train import accuracy
+
+    val_idx = torch.from_numpy(split.val)
+    best = Fit(None, {}, -1.0, 0, 0.0)
+    since = 0
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        step()
         with torch.no_grad():
-            logits, _ = student(inputs.dense, inputs.p)
+            logits = predict()
         val = accuracy(logits, y, val_idx)
         if val > best.val_acc:
-            best = Fit(logits.clone(), copy.deepcopy(student.state_dict()), val, epoch, 0.0)
+            best = Fit(logits.clone(), copy.deepcopy(module.state_dict()), val, epoch, 0.0)
             since = 0
         else:
             since += 1
@@ -396,36 +414,21 @@ def train_linear_head(x, y, split, num_classes: int, cfg: GallonMethod, *, seed:
     import torch.nn.functional as F
     from torch import nn
 
-    from tag_pipeline.train import accuracy
-
     torch.manual_seed(seed)
     head = nn.Linear(x.shape[1], num_classes)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train_idx, val_idx = torch.from_numpy(split.train), torch.from_numpy(split.val)
-    best = Fit(None, {}, -1.0, 0, 0.0)
-    since = 0
-    start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    train_idx = torch.from_numpy(split.train)
+
+    def step() -> None:
         opt.zero_grad()
         F.cross_entropy(head(x[train_idx]), y[train_idx]).backward()
         opt.step()
-        with torch.no_grad():
-            logits = head(x)
-        val = accuracy(logits, y, val_idx)
-        if val > best.val_acc:
-            best = Fit(logits.clone(), copy.deepcopy(head.state_dict()), val, epoch, 0.0)
-            since = 0
-        else:
-            since += 1
-            if since >= cfg.patience:
-                break
-    best.seconds = time.perf_counter() - start
-    return best
+
+    return _fit(head, step, lambda: head(x), y, split, cfg)
 
 
 def grid_points(cfg: GallonMethod) -> list[dict[str, float]]:
-    """Every (alpha, beta, temperature, gamma) of the config's grids, in a fixed order
-    (points with beta > 0 or gamma > 0 only once the teachers they need exist: the caller's job)."""
+    """Every (alpha, beta, temperature, gamma) of the config's grids, in a fixed order."""
     return [
         {"alpha": a, "beta": b, "temperature": t, "gamma": g}
         for a, b, t, g in itertools.product(cfg.alphas, cfg.betas, cfg.temperatures, cfg.gammas)
