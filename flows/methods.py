@@ -20,6 +20,7 @@ from flows.fanout import fan_out_embedding
 from tasks.features import build_prediction_feature, embed_text, finetune_lm
 from tasks.gallon import distil_gallon
 from tasks.glem import train_glem
+from tasks.leading import train_leading
 from tasks.train import ensemble as ensemble_task
 from tasks.train import train_gnn_runs
 
@@ -145,9 +146,26 @@ def glem_stages(run: MethodRun) -> list[RunSummary]:
     return out
 
 
+def leading_stages(run: MethodRun) -> list[RunSummary]:
+    """LEADING (tag_pipeline.methods.leading): one end-to-end LM + implicit-layer model per
+    text feature (those the method asks for and the dataset has) and seed."""
+    method = run.cfg.method
+    features = [f for f in method.features if f in run.features]
+    if not features:
+        raise ValueError(f"LEADING trains on {method.features}; this run has {run.features}")
+    out: list[RunSummary] = []
+    with run.timed("leading"):
+        for seed in run.cfg.seeds:
+            for feature in features:
+                out += summaries([train_leading(run.graph, run.responses, feature, seed, method, run.lake,
+                                                build=run.cfg.builds("train"))], "leading")
+    run.paths["LEADING runs"] = str(run.cfg.lake / run.cfg.dataset.lake_name / "leading")
+    return out
+
+
 #: the stages function of each method, by name
 METHOD_STAGES: dict[str, Callable[[MethodRun], list[RunSummary]]] = {
-    "tape": tape_stages, "gallon": gallon_stages, "glem": glem_stages,
+    "tape": tape_stages, "gallon": gallon_stages, "glem": glem_stages, "leading": leading_stages,
 }
 
 

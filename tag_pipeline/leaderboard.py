@@ -27,6 +27,7 @@ HEADLINE_VARIANTS: dict[str, tuple[str, ...]] = {
     "tape": ("TAPE", "TA"),  # h_TAPE, and a GNN on the LM's TA embedding alone
     "gallon": ("student", "mlp"),
     "glem": ("lm", "gnn"),
+    "leading": ("TA", "E"),
 }
 
 #: Published test accuracy on TAPE's 60/20/20 random splits: (source, method, model, accuracy).

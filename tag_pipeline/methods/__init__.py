@@ -4,7 +4,8 @@
 ``method`` parameter: a pydantic union discriminated by ``name`` (``{"name": "gallon", ...}``),
 so Prefect's UI renders a form per method. Built-in methods: ``tape``
 (:mod:`~tag_pipeline.methods.tape`), ``gallon`` (:mod:`~tag_pipeline.methods.gallon`) and
-``glem`` (:mod:`~tag_pipeline.methods.glem`, PyG's GLEM).
+``glem`` (:mod:`~tag_pipeline.methods.glem`, PyG's GLEM) and ``leading``
+(:mod:`~tag_pipeline.methods.leading`).
 
 Adding a method (README, "Adding a method"): a config class in ``methods/<name>.py`` with
 ``name: Literal["<name>"]``, listed in :data:`BUILTIN_METHODS` (or, for a plug-in or a test,
@@ -22,9 +23,11 @@ from tag_pipeline.methods.base import MethodConfig as MethodBase
 from tag_pipeline.methods.base import RunSummary, summaries
 from tag_pipeline.methods.gallon import GallonMethod
 from tag_pipeline.methods.glem import GlemMethod
+from tag_pipeline.methods.leading import LeadingMethod
 from tag_pipeline.methods.tape import TapeMethod
 
-BUILTIN_METHODS: dict[str, type[MethodBase]] = {"tape": TapeMethod, "gallon": GallonMethod, "glem": GlemMethod}
+BUILTIN_METHODS: dict[str, type[MethodBase]] = {"tape": TapeMethod, "gallon": GallonMethod, "glem": GlemMethod,
+                                              "leading": LeadingMethod}
 #: every method the run config accepts, by name (built-ins plus :func:`register_method`)
 METHODS: dict[str, type[MethodBase]] = dict(BUILTIN_METHODS)
 
@@ -56,7 +59,7 @@ def _registered(value: Any, handler) -> Any:
 
 #: The ``method`` field: one of the methods, told apart by ``name``.
 MethodConfig = Annotated[
-    Union[TapeMethod, GallonMethod, GlemMethod],
+    Union[TapeMethod, GallonMethod, GlemMethod, LeadingMethod],
     Field(discriminator="name"),
     WrapValidator(_registered),
     PlainSerializer(lambda v, info: v.model_dump(mode=info.mode), return_type=dict),
@@ -77,6 +80,6 @@ def method_config(value: Any) -> MethodBase:
 
 
 __all__ = [
-    "BUILTIN_METHODS", "METHODS", "GallonMethod", "GlemMethod", "MethodBase", "MethodConfig", "RunSummary", "TapeMethod",
+    "BUILTIN_METHODS", "METHODS", "GallonMethod", "GlemMethod", "LeadingMethod", "MethodBase", "MethodConfig", "RunSummary", "TapeMethod",
     "method_config", "register_method", "summaries",
 ]

@@ -151,3 +151,19 @@ def test_glem_through_pyg_on_a_cora_slice(prefect_harness, shared_data, tmp_path
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in runs.values())
     assert sorted(p.name for p in (lake / "cora").iterdir()) == ["glem", "graph", "report"]  # no LLM read
     assert out["markdown"].startswith("# GLEM on cora")
+
+
+def test_leading_on_a_cora_slice_writes_embeddings_gnns_can_read(prefect_harness, shared_data, tmp_path):
+    from flows.tag import tag
+    from tag_pipeline.features.store import read_feature
+    from tag_pipeline.methods import LeadingMethod
+
+    lake = tmp_path / "lake"
+    out = tag(dataset=DatasetConfig(root=shared_data, subset=80),
+              method=LeadingMethod(features=["TA"], max_length=16, epochs=1, trainable_layers=1),
+              seeds=[0], lake=str(lake))
+    (run,) = out["runs"]
+    assert (run["method"], run["variant"], run["model"]) == ("leading", "TA", "implicit")
+    assert 0.0 <= run["test_acc"] <= 1.0 and run["val_acc"] > 0.2
+    assert read_feature(Path(run["path"]), 80).shape == (80, 384)
+    assert sorted(p.name for p in (lake / "cora").iterdir()) == ["graph", "leading", "report"]  # no LLM read

@@ -1,0 +1,80 @@
+"""LEADING's pieces: the implicit layer, the neighbour cache, labels outside the train split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tag_pipeline.methods.leading import (
+    ImplicitPropagation,
+    LeadingMethod,
+    NeighbourCache,
+    fixed_point_direct,
+    normalized_adjacency,
+    train_leading,
+)
+
+
+def _graph(n=30, e=80, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ei = torch.randint(0, n, (2, e), generator=g)
+    return torch.cat([ei, ei.flip(0)], 1)
+
+
+@pytest.mark.parametrize("teleport", [0.1, 0.5])
+def test_implicit_layer_matches_the_direct_solve_and_its_gradient(teleport):
+    n = 30
+    a_hat = normalized_adjacency(_graph(n), n)
+    fx = torch.randn(n, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    prop = ImplicitPropagation(a_hat, teleport, iters=300)
+    z = prop(fx)
+    direct = fixed_point_direct(a_hat.to_dense(), fx, teleport)
+    assert torch.allclose(z, direct, atol=1e-5)
+    w = torch.randn(n, 4)
+    (g_implicit,) = torch.autograd.grad((z * w).sum(), fx)
+    (g_direct,) = torch.autograd.grad((direct * w).sum(), fx)
+    assert torch.allclose(g_implicit, g_direct, atol=1e-5)
+
+
+def test_implicit_layer_warm_start_converges_with_few_iterations():
+    n = 30
+    a_hat = normalized_adjacency(_graph(n), n)
+    fx = torch.randn(n, 3)
+    prop = ImplicitPropagation(a_hat, 0.1, iters=5)
+    errors = []
+    for _ in range(6):  # the same input, each pass starting from the last solution
+        errors.append((prop(fx) - fixed_point_direct(a_hat.to_dense(), fx, 0.1)).abs().max().item())
+    assert errors[-1] < errors[0] / 10
+
+
+def test_neighbour_cache_is_written_without_gradients_on_schedule():
+    cache = NeighbourCache(every=2)
+    h = torch.zeros(4, 2)
+    for epoch in range(1, 6):
+        cache.refresh(h + epoch, epoch)
+    assert cache.refreshed_at == [1, 3, 5] and cache.h[0, 0].item() == 5.0
+    with pytest.raises(ValueError, match="without gradients"):
+        cache.refresh(torch.zeros(4, 2, requires_grad=True), 7)
+    z = torch.ones(1, 2, requires_grad=True)
+    mixed = cache.mix(torch.tensor([2]), z)
+    mixed.sum().backward()
+    assert z.grad is not None and not cache.h.requires_grad and mixed[2].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_leading_trains_and_no_label_outside_the_train_split_matters(shared_data, one_torch_thread):
+    from tag_pipeline.config import DatasetConfig
+    from tag_pipeline.datasets import load_dataset
+
+    graph = load_dataset(DatasetConfig(root=shared_data, subset=60), [0])
+    split = graph.splits[0]
+    cfg = LeadingMethod(max_length=16, epochs=2, batch_size=8, trainable_layers=1)
+    a = train_leading(graph.text, graph.labels, graph.edge_index, split, graph.num_classes, cfg, seed=0)
+    shuffled = graph.labels.copy()
+    others = np.setdiff1d(np.arange(graph.num_nodes), split.train)
+    shuffled[others] = (shuffled[others] + 1) % graph.num_classes
+    b = train_leading(graph.text, shuffled, graph.edge_index, split, graph.num_classes, cfg, seed=0)
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert torch.equal(a["x"], b["x"]) and torch.equal(a["logits"], b["logits"])
+    assert a["cache_refreshes"] == [1, 2] and a["x"].shape == (60, 384) and a["logits"].shape == (60, 7)
