@@ -54,6 +54,13 @@ class LeadingMethod(MethodConfig):
     label_smoothing: float = Field(0.3, ge=0.0, lt=1.0, description="Label smoothing (TAPE: 0.3).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout inside the LM.")
     refresh_every: int = Field(1, ge=1, description="Epochs between refreshes of the neighbour cache (paper: 1).")
+    neighbours: Literal["cache", "gradient"] = Field(
+        "cache",
+        description="'cache' (LEADING: neighbours from the no-gradient cache) or 'gradient' (the naive "
+        "end-to-end baseline: every step also encodes the targets' gradient_hops-hop neighbours with "
+        "gradients; the rest still comes from the cache). For cost comparisons.",
+    )
+    gradient_hops: int = Field(2, ge=1, description="Hops encoded with gradients when neighbours='gradient'.")
     head: Literal["implicit", "gcn", "sage"] = Field("implicit", description="Graph layer over the LM embeddings.")
     teleport: float = Field(0.1, gt=0.0, le=1.0, description="a of the implicit layer (APPNP's teleport, 0.1).")
     iters: int = Field(10, ge=1, description="Fixed-point iterations per forward and backward pass (warm-started).")
@@ -194,6 +201,7 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
     import torch
     import torch.nn.functional as F
     from torch import nn
+    from torch_geometric.utils import k_hop_subgraph
     from tqdm.auto import tqdm
 
     from tag_pipeline.config import FinetuneConfig
@@ -254,9 +262,10 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
         order = rng.permutation(train)
         for s in range(steps):
             batch = torch.from_numpy(order[s * cfg.batch_size : (s + 1) * cfg.batch_size])
-            inputs, mask = batch_of(batch.tolist())
+            encoded = batch if cfg.neighbours == "cache" else k_hop_subgraph(batch, cfg.gradient_hops, ei, num_nodes=n)[0]
+            inputs, mask = batch_of(encoded.tolist())
             z = lm.embed(attention_mask=mask, **inputs)
-            logits = graph_out(cache.mix(batch, z))
+            logits = graph_out(cache.mix(encoded, z))
             loss = F.cross_entropy(logits[batch], y[batch], label_smoothing=cfg.label_smoothing)
             opt.zero_grad()
             loss.backward()

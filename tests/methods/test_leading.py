@@ -78,3 +78,30 @@ def test_leading_trains_and_no_label_outside_the_train_split_matters(shared_data
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     assert torch.equal(a["x"], b["x"]) and torch.equal(a["logits"], b["logits"])
     assert a["cache_refreshes"] == [1, 2] and a["x"].shape == (60, 384) and a["logits"].shape == (60, 7)
+
+
+@pytest.mark.slow
+def test_naive_end_to_end_encodes_neighbours_with_gradients(shared_data, one_torch_thread, monkeypatch):
+    from tag_pipeline import finetune
+    from tag_pipeline.config import DatasetConfig
+    from tag_pipeline.datasets import load_dataset
+
+    graph = load_dataset(DatasetConfig(root=shared_data, subset=60), [0])
+    encoded_with_grad = []
+    real = finetune.MeanPoolClassifier.embed
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if torch.is_grad_enabled():
+            encoded_with_grad.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(finetune.MeanPoolClassifier, "embed", spy)
+    sizes = {}
+    for mode in ("cache", "gradient"):
+        encoded_with_grad.clear()
+        cfg = LeadingMethod(max_length=16, epochs=1, batch_size=8, trainable_layers=1, neighbours=mode)
+        train_leading(graph.text, graph.labels, graph.edge_index, graph.splits[0], graph.num_classes, cfg, seed=0)
+        sizes[mode] = sum(encoded_with_grad)
+    assert sizes["cache"] == len(graph.splits[0].train)  # each target once per epoch, no neighbour
+    assert sizes["gradient"] > sizes["cache"]

@@ -1,0 +1,116 @@
+"""LEADING on Cora: accuracy through the tag flow, and cost per epoch against LM-only
+fine-tuning and naive end-to-end training, side by side on this machine.
+
+    python bench/leading_cora.py accuracy --seeds 0 --features TA      # the tag flow, method leading
+    python bench/leading_cora.py cost --subset 500                     # one epoch of each, own process
+
+``cost`` runs each variant in a fresh process (so each peak RSS is its own; "whole call"
+adds loading the model, tokenising and the frozen lower layers' one pass): LM-only
+fine-tuning (``tag_pipeline.finetune``, the same top-2-layer MiniLM, one epoch), LEADING (the
+targets encoded with gradients, neighbours from the cache) and the naive end-to-end baseline
+(each step also encodes the targets' 2-hop neighbours with gradients), on the first
+``--subset`` Cora nodes, TA text, 128 tokens. It prints the CPU model and flags first: a
+figure from one machine is not a figure for another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _graph(root: str, subset: int | None):
+    from tag_pipeline.config import DatasetConfig
+    from tag_pipeline.datasets import load_dataset
+
+    return load_dataset(DatasetConfig(name="cora", root=root, subset=subset), [0])
+
+
+def one_epoch(variant: str, root: str, subset: int | None, threads: int) -> dict:
+    """One epoch of ``variant`` in this process: wall seconds and peak RSS (MiB)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    graph = _graph(root, subset)
+    split = graph.splits[0]
+    start = time.perf_counter()
+    if variant == "finetune":
+        from tag_pipeline.config import FinetuneConfig
+        from tag_pipeline.finetune import finetune_node_classifier
+
+        cfg = FinetuneConfig(epochs=1, trainable_layers=2)
+        res = finetune_node_classifier(graph.text, graph.labels, split.train, split.val, graph.num_classes, cfg, seed=0,
+                                       progress=False)
+        val, epoch_s = res.val_acc, res.history[0]["seconds"]
+    else:
+        from tag_pipeline.methods.leading import LeadingMethod, train_leading
+
+        cfg = LeadingMethod(epochs=1, neighbours="cache" if variant == "leading" else "gradient")
+        res = train_leading(graph.text, graph.labels, graph.edge_index, split, graph.num_classes, cfg, seed=0)
+        val, epoch_s = res["val_acc"], res["history"][0]["seconds"]
+    return {"variant": variant, "seconds": time.perf_counter() - start, "epoch_s": epoch_s, "val_acc": val,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def cost(args) -> None:
+    rows = []
+    for variant in ("finetune", "leading", "naive"):
+        out = subprocess.run(
+            [sys.executable, __file__, "_epoch", variant, "--root", args.root, "--subset", str(args.subset),
+             "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    base = rows[0]
+    print(f"\nCora first {args.subset} nodes, TA, 128 tokens, top 2 of 6 MiniLM layers trained, {args.threads} threads")
+    print("| variant | epoch s | x LM-only | whole call s | peak RSS MiB | x LM-only | val acc after 1 epoch |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['epoch_s']:.1f} | {r['epoch_s'] / base['epoch_s']:.2f} | {r['seconds']:.1f} | "
+              f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] / base['peak_rss_mib']:.2f} | {r['val_acc']:.4f} |")
+
+
+def accuracy(args) -> None:
+    from flows.tag import tag
+    from tag_pipeline.config import DatasetConfig
+    from tag_pipeline.methods import LeadingMethod
+
+    start = time.perf_counter()
+    out = tag(dataset=DatasetConfig(name="cora", root=args.root), method=LeadingMethod(features=args.features),
+              seeds=args.seeds, lake=args.lake)
+    print(f"LEADING on Cora, seeds {args.seeds}, features {args.features}: {time.perf_counter() - start:.0f} s")
+    for r in out["runs"]:
+        print(f"  {r['variant']} seed {r['seed']}: val {r['val_acc']:.4f} test {r['test_acc']:.4f} "
+              f"(best epoch {r['best_epoch']}, {r['seconds']:.0f} s) {r['path']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["accuracy", "cost", "_epoch"])
+    ap.add_argument("variant", nargs="?")
+    ap.add_argument("--root", default="../shared/data")
+    ap.add_argument("--subset", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--features", nargs="+", default=["TA"])
+    ap.add_argument("--lake", default="data/lake")
+    args = ap.parse_args()
+    if args.what == "_epoch":
+        print(json.dumps(one_epoch(args.variant, args.root, args.subset, args.threads)))
+        return
+    from tag_pipeline.hardware import cpu_info
+
+    cpu = cpu_info()
+    print(f"CPU: {cpu.model}; flags: {', '.join(sorted(cpu.flags)) or 'none of interest'}")
+    (cost if args.what == "cost" else accuracy)(args)
+
+
+if __name__ == "__main__":
+    main()
