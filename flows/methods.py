@@ -71,17 +71,23 @@ def tape_features(run: MethodRun) -> dict[tuple[str, str, int], str]:
     return feature_paths
 
 
-def tape_gnns(run: MethodRun, feature_paths: dict[tuple[str, str, int], str]) -> list[dict]:
+def tape_gnns(
+    run: MethodRun, feature_paths: dict[tuple[str, str, int], str], modes: list[str] | None = None,
+    features: list[str] | None = None,
+) -> list[dict]:
     """TAPE's GNN and ensemble stages: one run per (encoder mode, model, seed, feature), up to
     ``gnn.workers`` at a time, then h_TAPE per (model, seed, mode) unless the run stops after
-    training. Returns the training and ensemble summaries."""
+    training. ``modes`` (default ``lm_modes``) and ``features`` (default the run's) pick the
+    keys of ``feature_paths`` to train on. Returns the training and ensemble summaries."""
     cfg = run.cfg
+    modes = modes if modes is not None else list(cfg.lm_modes)
+    features = features if features is not None else run.features
     calls = [
         dict(
             graph=run.graph, features=feature_paths[(mode, feature, seed)], feature=feature, model=model,
             seed=seed, gnn=cfg.gnn, lake=run.lake, build=cfg.builds("train"), lm=mode,
         )
-        for mode in cfg.lm_modes for model in cfg.models for seed in cfg.seeds for feature in run.features
+        for mode in modes for model in cfg.models for seed in cfg.seeds for feature in features
     ]
     progress = create_progress_artifact(progress=0.0, description=f"GNN training runs ({len(calls)})")
     with run.timed("train"):
@@ -96,7 +102,7 @@ def tape_gnns(run: MethodRun, feature_paths: dict[tuple[str, str, int], str]) ->
     ensembles = []
     if cfg.stop_after != "train":
         with run.timed("ensemble"):
-            if len(run.features) > 1:
+            if len(features) > 1:
                 for (model, seed, mode), members in runs.items():
                     ensembles.append(ensemble_task(run.graph, members, model, seed, cfg.ensemble, run.lake, lm=mode))
     return [r for members in runs.values() for r in members] + ensembles
@@ -148,18 +154,31 @@ def glem_stages(run: MethodRun) -> list[RunSummary]:
 
 def leading_stages(run: MethodRun) -> list[RunSummary]:
     """LEADING (tag_pipeline.methods.leading): one end-to-end LM + implicit-layer model per
-    text feature (those the method asks for and the dataset has) and seed."""
-    method = run.cfg.method
+    text feature (those the method asks for and the dataset has) and seed; then, unless
+    ``method.gnns`` is off, TAPE's GNNs and h_TAPE on LEADING's TA/E embeddings (encoder mode
+    ``leading``) with TAPE's P, as TAPE does with fine-tuned LM features."""
+    cfg, method = run.cfg, run.cfg.method
     features = [f for f in method.features if f in run.features]
     if not features:
         raise ValueError(f"LEADING trains on {method.features}; this run has {run.features}")
     out: list[RunSummary] = []
+    feature_paths: dict[tuple[str, str, int], str] = {}
     with run.timed("leading"):
-        for seed in run.cfg.seeds:
+        for seed in cfg.seeds:
             for feature in features:
-                out += summaries([train_leading(run.graph, run.responses, feature, seed, method, run.lake,
-                                                build=run.cfg.builds("train"))], "leading")
-    run.paths["LEADING runs"] = str(run.cfg.lake / run.cfg.dataset.lake_name / "leading")
+                res = train_leading(run.graph, run.responses, feature, seed, method, run.lake, build=cfg.builds("train"))
+                feature_paths[("leading", feature, seed)] = res["path"]
+                out += summaries([res], "leading")
+    run.paths["LEADING runs"] = str(cfg.lake / cfg.dataset.lake_name / "leading")
+    if method.gnns and cfg.stop_after != "features":
+        gnn_features = list(features)
+        if "P" in run.features:
+            with run.timed("features"):
+                p = build_prediction_feature(run.graph, run.responses, cfg.llm.top_k, run.lake,
+                                             build=cfg.builds("features"))
+            feature_paths.update({("leading", "P", s): p for s in cfg.seeds})
+            gnn_features.append("P")
+        out += summaries(tape_gnns(run, feature_paths, modes=["leading"], features=gnn_features), "tape")
     return out
 
 

@@ -99,7 +99,11 @@ def accuracy_table(metrics: pl.DataFrame, split: str, dataset: str) -> str:
     return "\n".join(lines)
 
 
-LM_TITLES = {"frozen": "frozen LM (sentence encoder as is)", "finetuned": "fine-tuned LM (per seed, train nodes only)"}
+LM_TITLES = {
+    "frozen": "frozen LM (sentence encoder as is)",
+    "finetuned": "fine-tuned LM (per seed, train nodes only)",
+    "leading": "LEADING LM (trained end to end through the graph, per seed)",
+}
 
 
 def tape_accuracy_section(dataset: str, metrics: pl.DataFrame) -> list[str]:
@@ -147,6 +151,17 @@ def variant_table(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> li
         out.append(f"| {MODEL_TITLES.get(model, model)} | {variant} | {_cell(test)} | {_cell(val)} | "
                    f"{f'{pub:.4f}' if pub is not None else '–'} |")
     return out + [""]
+
+
+def leading_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> list[str]:
+    """LEADING's report: its own accuracy per text feature (the implicit layer's logits), then
+    TAPE's tables of the GNNs trained on LEADING's embeddings."""
+    out = variant_table(method, dataset, metrics)
+    tape = metrics.filter(pl.col("method") == "tape") if "method" in metrics.columns else metrics.head(0)
+    if not tape.is_empty():
+        out += ["## TAPE's GNNs on LEADING's TA/E embeddings (h_TAPE with TAPE's P)", ""]
+        out += tape_accuracy_section(dataset, tape)[2:]
+    return out
 
 
 GALLON_VARIANTS = (

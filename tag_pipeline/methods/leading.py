@@ -64,16 +64,26 @@ class LeadingMethod(MethodConfig):
     head: Literal["implicit", "gcn", "sage"] = Field("implicit", description="Graph layer over the LM embeddings.")
     teleport: float = Field(0.1, gt=0.0, le=1.0, description="a of the implicit layer (APPNP's teleport, 0.1).")
     iters: int = Field(10, ge=1, description="Fixed-point iterations per forward and backward pass (warm-started).")
+    gnns: bool = Field(
+        True,
+        description="Also train TAPE's GNNs and h_TAPE on LEADING's TA/E embeddings (with TAPE's P), "
+        "as TAPE does with fine-tuned LM features (the run's models and gnn settings).",
+    )
     threads: int | None = Field(None, ge=1, description="torch threads (None: leave as is). Not in the key.")
 
     title: ClassVar[str] = "LEADING"
     reference: ClassVar[str] = "Xue et al., KDD 2025, arXiv 2312.04737"
 
     def needs_llm(self, features) -> bool:
-        return "E" in self.features and "E" in features
+        return bool(("E" in self.features and "E" in features) or (self.gnns and "P" in features))
+
+    def report_sections(self, dataset: str, metrics: Any) -> list[str]:
+        from tag_pipeline.report import leading_sections
+
+        return leading_sections(self, dataset, metrics)
 
     def key_fields(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"threads"})
+        return self.model_dump(mode="json", exclude={"threads", "gnns"})
 
 
 class NeighbourCache:

@@ -161,9 +161,16 @@ def test_leading_on_a_cora_slice_writes_embeddings_gnns_can_read(prefect_harness
     lake = tmp_path / "lake"
     out = tag(dataset=DatasetConfig(root=shared_data, subset=80),
               method=LeadingMethod(features=["TA"], max_length=16, epochs=1, trainable_layers=1),
-              seeds=[0], lake=str(lake))
-    (run,) = out["runs"]
+              features=["TA"], models=["gcn"], gnn=GNNConfig(epochs=20, patience=20), seeds=[0], lake=str(lake))
+    runs = {r["method"]: r for r in out["runs"]}
+    run, gnn = runs["leading"], runs["tape"]
     assert (run["method"], run["variant"], run["model"]) == ("leading", "TA", "implicit")
     assert 0.0 <= run["test_acc"] <= 1.0 and run["val_acc"] > 0.2
     assert read_feature(Path(run["path"]), 80).shape == (80, 384)
-    assert sorted(p.name for p in (lake / "cora").iterdir()) == ["graph", "leading", "report"]  # no LLM read
+    # TAPE's GCN trained on LEADING's embeddings, reported under encoder mode "leading"
+    assert (gnn["model"], gnn["feature"], gnn["lm"]) == ("gcn", "TA", "leading")
+    from tag_pipeline import lake as lake_lib
+
+    assert lake_lib.read_artifact(gnn["path"]).manifest["inputs"]["features"] == run["path"]
+    assert sorted(p.name for p in (lake / "cora").iterdir()) == ["graph", "leading", "report", "train"]  # no LLM
+    assert "LEADING LM" in out["markdown"] or "h_TA" in out["markdown"]
