@@ -135,7 +135,7 @@ def gallon_stages(run: MethodRun) -> list[RunSummary]:
             features = {f: feature_paths[(lm, f, seed)] for f in run.features}
             out += summaries(
                 distil_gallon(run.graph, features, teachers, seed, method, run.lake, threads=None,
-                              build=cfg.builds("train")),
+                              build=cfg.builds("ensemble"), lm=lm),
                 "gallon",
             )
     run.paths["GALLON students"] = str(cfg.lake / cfg.dataset.lake_name / "gallon")
@@ -144,6 +144,8 @@ def gallon_stages(run: MethodRun) -> list[RunSummary]:
 
 def glem_stages(run: MethodRun) -> list[RunSummary]:
     """GLEM (tag_pipeline.methods.glem): one LM + GNN co-training per seed, on node text only."""
+    if run.cfg.stop_after == "features":  # GLEM is a training stage
+        return []
     out: list[RunSummary] = []
     with run.timed("glem"):
         for seed in run.cfg.seeds:
@@ -161,6 +163,8 @@ def leading_stages(run: MethodRun) -> list[RunSummary]:
     features = [f for f in method.features if f in run.features]
     if not features:
         raise ValueError(f"LEADING trains on {method.features}; this run has {run.features}")
+    if cfg.stop_after == "features":  # LEADING is a training stage
+        return []
     out: list[RunSummary] = []
     feature_paths: dict[tuple[str, str, int], str] = {}
     with run.timed("leading"):
@@ -170,7 +174,7 @@ def leading_stages(run: MethodRun) -> list[RunSummary]:
                 feature_paths[("leading", feature, seed)] = res["path"]
                 out += summaries([res], "leading")
     run.paths["LEADING runs"] = str(cfg.lake / cfg.dataset.lake_name / "leading")
-    if method.gnns and cfg.stop_after != "features":
+    if method.gnns:
         gnn_features = list(features)
         if "P" in run.features:
             with run.timed("features"):

@@ -3,7 +3,9 @@
 Two kinds of run can classify new papers:
 
 * a **GALLON student** (``<lake>/<dataset>/gallon/s<seed>-<key>``) reads only the node's own
-  text embedding: new nodes are embedded with the encoder that built the run's TA feature and
+  text embedding: new nodes are embedded with the frozen encoder that built the run's TA
+  feature (runs on fine-tuned or LEADING embeddings are refused: a new node cannot be
+  embedded the same way) and
   classified one by one, with no graph and no LLM;
 * a **GNN training run on TA** (``<lake>/<dataset>/train/<model>-TA-s<seed>-<key>``): the new
   nodes are embedded the same way, appended to the graph with the given edges to existing
@@ -103,15 +105,41 @@ def run_kind(run: str | Path) -> Literal["gallon", "gnn"]:
         raise lake.MissingArtifactError(f"{run}: no committed run artifact there")
     stage = art.manifest.get("stage")
     if stage == "gallon":
+        ta = art.manifest.get("student", {}).get("feature_paths", {}).get("TA")
+        if ta is not None:
+            frozen_encoder(run, ta)
         return "gallon"
     if stage == "train":
         feature = art.manifest["summary"]["feature"]
         if feature != "TA":
             raise ValueError(f"{run}: a GNN on {feature} needs the LLM's answer for each new node; "
                              "choose a run on TA or a GALLON student")
+        frozen_encoder(run, art.manifest["inputs"]["features"])
         return "gnn"
     raise ValueError(f"{run}: a {stage!r} artifact cannot predict; choose a GALLON student (gallon/...) "
                      "or a GNN training run on TA (train/<model>-TA-...)")
+
+
+def frozen_encoder(run: str | Path, ta_feature: str | Path):
+    """The :class:`~tag_pipeline.config.LMConfig` that embedded ``run``'s TA feature, which
+    new nodes are embedded with.
+
+    Raises:
+        ValueError: the TA feature is not a frozen encoder's (fine-tuned or LEADING
+            embeddings: a new node cannot be embedded the same way).
+    """
+    from pydantic import ValidationError
+
+    from tag_pipeline.config import LMConfig
+
+    manifest = lake.read_artifact(ta_feature, verify=False).manifest
+    try:
+        return LMConfig.model_validate(manifest.get("config") or {})
+    except ValidationError:
+        raise ValueError(
+            f"{run}: its TA feature {ta_feature} comes from a trained LM ({manifest.get('stage')}), not the "
+            "frozen encoder: new nodes cannot be embedded the same way; choose a run on frozen TA"
+        ) from None
 
 
 def newest_run(lake_root: str | Path, dataset: str, method: str, model: str = "gcn") -> Path:
@@ -127,7 +155,8 @@ def newest_run(lake_root: str | Path, dataset: str, method: str, model: str = "g
         folder, pattern = Path(lake_root) / dataset / "train", f"{model}-TA-s*"
     else:
         raise ValueError(f"method {method!r} cannot predict new nodes; use 'gallon' or 'tape'")
-    found = [(a.manifest.get("created_unix", 0), p) for p in folder.glob(pattern) if (a := lake.find_artifact(p))]
+    found = [(a.manifest.get("created_unix", 0), p) for p in folder.glob(pattern)
+             if (a := lake.find_artifact(p)) and _can_predict(p)]
     if not found:
         raise lake.MissingArtifactError(
             f"no {method} run for {dataset!r} under {folder}; run the tag flow with method {method!r} first"
@@ -135,12 +164,19 @@ def newest_run(lake_root: str | Path, dataset: str, method: str, model: str = "g
     return max(found)[1]
 
 
+def _can_predict(run: Path) -> bool:
+    try:
+        run_kind(run)
+    except ValueError:
+        return False
+    return True
+
+
 def _encode(texts: list[str], ta_feature: Path):
-    """Embed ``texts`` with the encoder (model, max length) recorded in the TA feature's manifest."""
-    from tag_pipeline.config import LMConfig
+    """Embed ``texts`` with the frozen encoder (model, max length) that built the TA feature."""
     from tag_pipeline.features.text import encode_texts
 
-    cfg = LMConfig.model_validate(lake.read_artifact(ta_feature, verify=False).manifest["config"])
+    cfg = frozen_encoder(ta_feature, ta_feature)
     return encode_texts(texts, cfg.model, max_length=cfg.max_length, batch_size=cfg.batch_size, device=cfg.device,
                         show_progress=len(texts) > 1000, runtime=cfg.runtime, precision=cfg.precision)
 

@@ -23,9 +23,10 @@ def distil_gallon(
     lake: str,
     threads: int | None = 1,
     build: bool = True,
+    lm: str = "frozen",
 ) -> list[dict]:
     """Distil one seed's teachers into GALLON's MLP student (:func:`materialize_gallon`);
     returns the student's, the plain MLP's and both teachers' summaries. ``build=False``:
     lookup only."""
-    with reading(build, "train"):
-        return materialize_gallon(Path(graph), features, teachers, seed, method, Path(lake), threads=threads)
+    with reading(build, "ensemble"):
+        return materialize_gallon(Path(graph), features, teachers, seed, method, Path(lake), threads=threads, lm=lm)

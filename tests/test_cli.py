@@ -134,8 +134,8 @@ BAD_COMMAND_LINES = {
         [["gnn.num_layers: Input should be a valid integer", "; or Input should be a valid dictionary (got abc)"]],
     ),
     "unknown method": (
-        ["--method", '{{"name": "glem"}}'], {}, None,
-        [["method: Input tag 'glem'", "expected tags: 'tape', 'gallon'"]],
+        ["--method", '{{"name": "dr-e"}}'], {}, None,
+        [["method: Input tag 'dr-e'", "expected tags: 'tape', 'gallon', 'glem', 'leading'"]],
     ),
     "unknown field of a method": (
         ["--method", '{{"name": "gallon", "alpha": 1}}'], {}, None,

@@ -98,8 +98,27 @@ def test_predict_new_nodes_like_the_trained_runs(prefect_harness, shared_data, t
     bad = _csv(tmp_path / "bad.csv", id=["x", "y"], text=["ok", ""])
     capsys.readouterr()
     assert tag_main(["predict", "--nodes", str(bad), "--lake", str(lake)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("tag predict: error: ") and "bad.csv" in err[0] and "row 1" in err[0]
+    # (Prefect's own log lines go to stderr too; ours is one line)
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tag predict: error: ")]
+    assert len(ours) == 1 and "bad.csv" in ours[0] and "row 1" in ours[0]
     assert tag_main(["predict", "--nodes", str(nodes), "--lake", str(lake), "--run",
                      str(lake / "cora" / "graph")]) == 2
     assert tag_main(["predict", "--nodes", str(nodes), "--lake", str(lake)]) == 0
+
+
+def test_runs_on_trained_lm_features_are_refused(tmp_path):
+    from tag_pipeline import lake
+    from tag_pipeline.config import FinetuneConfig
+    from tag_pipeline.predict import newest_run, run_kind
+
+    feats = tmp_path / "cora" / "features" / "TA-ft-s0-aaaa"
+    with lake.write_artifact(feats, stage="features", config=FinetuneConfig()) as tmp:
+        (tmp / "x.bin").write_bytes(b"\0")
+    run = tmp_path / "cora" / "train" / "gcn-TA-s0-bbbb"
+    with lake.write_artifact(run, stage="train", inputs={"features": str(feats)},
+                             extra={"summary": {"feature": "TA", "model": "gcn"}}) as tmp:
+        (tmp / "x.bin").write_bytes(b"\0")
+    with pytest.raises(ValueError, match="trained LM .* frozen TA"):
+        run_kind(run)
+    with pytest.raises(lake.MissingArtifactError, match="no tape run"):
+        newest_run(tmp_path, "cora", "tape")

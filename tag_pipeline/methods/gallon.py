@@ -9,8 +9,8 @@ molecule graphs; on a TAG the same design is (issue 13):
   He et al. 2024, Sec. 4.4); ``teacher="best"`` takes, per seed, the model whose h_TAPE has
   the best *validation* accuracy.
 * **LM teacher**: the LM that read the title + abstract and the LLM's explanation, here the
-  frozen sentence encoder's TA and E embeddings, concatenated, with a linear head trained on
-  the seed's train nodes (the issue allows frozen + linear head; fine-tuned LM logits are not
+  sentence encoder's TA and E embeddings (frozen; fine-tuned when the run has only fine-tuned
+  features), concatenated, with a linear head trained on the seed's train nodes (the issue allows frozen + linear head; fine-tuned LM logits are not
   stored in the lake).
 * **Student**: an MLP over the node's own features (default: its TA embedding only, so that
   a new paper is classified from its text, with no LLM call and no graph).
@@ -25,8 +25,9 @@ with the KL terms over *all* nodes (GLNN: the teacher's soft labels on unlabelle
 the point of distillation), ``p^T`` the softmax at temperature ``T``, and the ``T^2`` factor
 of Hinton et al. (2015) so that the soft terms' gradients do not shrink as ``T`` grows (GLNN
 and GALLON leave it implicit). The optional last term is GALLON's representation alignment
-(Sec. 3.3): ``h_S`` the student's last hidden layer, ``h_GNN`` the mean of the teacher
-members' last hidden layers, ``e_LM`` the LM teacher's input embedding, ``U`` and ``W``
+(Sec. 3.3): ``h_S`` the student's last hidden layer, ``h_GNN`` the last hidden layer of the
+teacher's member on TA (h_TAPE's members are trained apart: their hidden spaces are not
+aligned, so they are not averaged), ``e_LM`` the LM teacher's input embedding, ``U`` and ``W``
 learnt linear maps (``U`` only maps ``h_S`` to the GNN's width; both are left out of the
 student at inference).
 
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tag_pipeline.methods.base import MethodConfig
 
@@ -126,6 +127,12 @@ class GallonMethod(MethodConfig):
         if any(x <= 0 for x in v):
             raise ValueError(f"temperatures must be > 0, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _alignment_needs_a_hidden_layer(self) -> "GallonMethod":
+        if any(self.gammas) and self.num_layers < 2:
+            raise ValueError("representation alignment (gammas > 0) needs num_layers >= 2: a 1-layer MLP has no hidden layer")
+        return self
 
     @field_validator("student_features", "lm_teacher_features")
     @classmethod
@@ -481,6 +488,22 @@ def choose_teacher(candidates: Sequence[Mapping[str, Any]], teacher: str) -> Map
     return chosen[0]
 
 
+def teacher_logits(path: str | Path):
+    """``[N, C]`` float32 logits of a teacher artifact. An h_TAPE averaged in ``probs`` mode
+    stores probabilities in its ``logits`` column: their log is returned (a softmax of it
+    gives the probabilities back), so a temperature applies as to logits."""
+    import torch
+
+    from tag_pipeline import lake
+    from tag_pipeline.train import read_logits
+
+    scores = read_logits(Path(path))
+    config = lake.read_artifact(path, verify=False).manifest.get("config") or {}
+    if config.get("mode") == "probs":
+        return torch.log(scores.clamp_min(1e-12))
+    return scores
+
+
 def teacher_members(teacher: Mapping[str, Any]) -> list[str]:
     """Training-run paths behind a teacher summary: the h_TAPE ensemble's members (read from
     its manifest), or the run itself when it is a single training run."""
@@ -518,6 +541,7 @@ def materialize_gallon(
     cfg: GallonMethod,
     lake_root: str | Path,
     threads: int | None = 1,
+    lm: str = "frozen",
 ) -> list[dict]:
     """Distil one seed's GNN and LM teachers into the student, unless already in the lake.
 
@@ -536,7 +560,10 @@ def materialize_gallon(
         seed: the split and training seed.
         cfg: the method's config.
         lake_root: root of the lake.
-        threads: torch threads while training and timing (``None``: leave as is).
+        threads: torch threads while training (``None``: leave as is); timing runs on one.
+        lm: encoder mode of ``feature_paths``' TA/E (``frozen``, or ``finetuned`` when the run
+            has only fine-tuned features), recorded in the summaries (not in the key: the
+            feature artifacts' names already differ).
 
     Returns:
         list of 4 summary dicts (``method``, ``model``, ``variant``, ``seed``, ``val_acc``,
@@ -579,9 +606,7 @@ def materialize_gallon(
             test_idx = torch.from_numpy(split.test)
             inputs = load_student_inputs(feature_paths, cfg.student_features, graph.num_nodes)
 
-            from tag_pipeline.train import read_logits
-
-            gnn_logits = read_logits(Path(teacher["path"]))
+            gnn_logits = teacher_logits(teacher["path"])
             lm_feats = [f for f in cfg.lm_teacher_features if f in feature_paths]
             if not lm_feats:
                 raise ValueError(f"GALLON's LM teacher reads {cfg.lm_teacher_features}; none was built in this run")
@@ -591,8 +616,9 @@ def materialize_gallon(
             members = teacher_members(teacher)
             loaded = [load_trained_model(m, graph) for m in members]
             h_gnn = None
-            if any(cfg.gammas):
-                h_gnn = torch.stack([hidden_representation(*m) for m in loaded]).mean(0)
+            if any(cfg.gammas):  # the TA member's hidden layer: members' spaces are not aligned
+                on_ta = [i for i, m in enumerate(members) if "-TA-" in Path(m).name]
+                h_gnn = hidden_representation(*loaded[on_ta[0] if on_ta else 0])
 
             grid, best, best_point = [], None, None
             for point in grid_points(cfg):
@@ -623,7 +649,7 @@ def materialize_gallon(
             torch.set_num_threads(previous_threads)
 
         def row(variant: str, model: str, logits, val: float, ms: float, **extra) -> dict:
-            return {"method": "gallon", "model": model, "variant": variant, "feature": variant, "seed": seed,
+            return {"method": "gallon", "model": model, "variant": variant, "feature": variant, "seed": seed, "lm": lm,
                     "val_acc": val, "test_acc": accuracy(logits, y, test_idx), "infer_ms_per_node": ms, **extra}
 
         summaries = [

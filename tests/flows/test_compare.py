@@ -32,5 +32,13 @@ def test_compare_tape_and_gallon_on_the_same_splits(prefect_harness, shared_data
     # GALLON found TAPE's GNNs in the lake: same splits, same teachers, no retraining
     assert board.filter(pl.col("method") == "gallon")["wall_s"][0] < board.filter(pl.col("method") == "tape")["wall_s"][0]
     assert set(out["reports"]) == {"tape", "gallon"}
+    # every run behind the table is in its lineage (and so kept by `tag lake gc`)
+    from tag_pipeline import lake
+
+    inputs = set(lake.read_artifact(out["leaderboard"]).manifest["inputs"].values())
+    reported = set()
+    for report in out["reports"].values():  # the runs each method's report lists
+        reported |= set(lake.read_artifact(report).manifest["inputs"].values())
+    assert reported and reported <= inputs
     md = [m for m in flow_run_artifacts(state.state_details.flow_run_id, "markdown") if m.startswith("# Leaderboard")]
     assert md and "| gallon | mlp | student |" in md[0] and "0.9132" in md[0]

@@ -82,8 +82,8 @@ def test_a_toy_method_plugs_into_the_tag_flow(prefect_harness, shared_data, tmp_
 def test_unknown_method_names_the_choices():
     from tag_pipeline.config import PipelineConfig
 
-    with pytest.raises(ValueError, match="'tape', 'gallon'"):
-        PipelineConfig(method={"name": "glem"})
+    with pytest.raises(ValueError, match="'tape', 'gallon', 'glem', 'leading'"):
+        PipelineConfig(method={"name": "dr-e"})
 
 
 def test_gallon_on_a_cora_slice(prefect_harness, shared_data, tmp_path, task_states):

@@ -123,7 +123,7 @@ def test_config_grids_and_discriminator():
         {"alpha": 1.0, "beta": b, "temperature": t, "gamma": 0.0} for b in (0.0, 0.5) for t in (1.0, 2.0)
     ]
     for bad in ({"alphas": []}, {"temperatures": [0.0]}, {"betas": [-1.0]}, {"student_features": ["TA", "TA"]},
-                {"hiden": 3}):
+                {"hiden": 3}, {"gammas": [0.5], "num_layers": 1}):
         with pytest.raises(ValidationError):
             method_config({"name": "gallon", **bad})
     with pytest.raises(ValidationError, match="does not match any of the expected tags"):
