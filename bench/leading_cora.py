@@ -86,9 +86,7 @@ def accuracy(args) -> None:
     out = tag(dataset=DatasetConfig(name="cora", root=args.root), method=LeadingMethod(features=args.features),
               seeds=args.seeds, lake=args.lake)
     print(f"LEADING on Cora, seeds {args.seeds}, features {args.features}: {time.perf_counter() - start:.0f} s")
-    for r in out["runs"]:
-        print(f"  {r['variant']} seed {r['seed']}: val {r['val_acc']:.4f} test {r['test_acc']:.4f} "
-              f"(best epoch {r['best_epoch']}, {r['seconds']:.0f} s) {r['path']}")
+    print(out["markdown"].split("## LLM stage")[0])
 
 
 def main() -> None:
