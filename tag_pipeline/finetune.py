@@ -305,17 +305,6 @@ def _as_index(idx: Any, n: int, name: str) -> np.ndarray:
     return arr
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int | None):
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def finetune_node_classifier(
     texts: list[str],
     labels: np.ndarray | torch.Tensor,
@@ -397,7 +386,7 @@ def finetune_node_classifier(
     device = torch.device(cfg.device)
     rng_devices = [device] if device.type == "cuda" else []
 
-    with _torch_threads(cfg.threads), torch.random.fork_rng(devices=rng_devices):
+    with hardware.torch_threads(cfg.threads), torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
         tokenizer, model = load_classifier(cfg, num_classes)
         model.to(device)

@@ -25,6 +25,7 @@ flags are an argument, so tests can ask what any machine would get.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
@@ -316,3 +317,18 @@ def available_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` torch intra-op threads (``None``: leave them as they are),
+    then restore the previous number, also on an error."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -39,18 +39,15 @@ def load_trained_model(run_path: str | Path, graph, *, threads: int | None = Non
     from tag_pipeline import lake
     from tag_pipeline.config import GNNConfig
     from tag_pipeline.features.store import read_feature
-    from tag_pipeline.models import build_model, graph_operator
-    from tag_pipeline.train import WEIGHTS_FILE
+    from tag_pipeline.models import graph_operator
+    from tag_pipeline.train import WEIGHTS_FILE, classifier_for
 
     art = lake.read_artifact(run_path, verify=False)
     summary = art.manifest["summary"]
     cfg = GNNConfig.model_validate(art.manifest["config"])
     x = read_feature(Path(art.manifest["inputs"]["features"]), graph.num_nodes)
     model_name = summary["model"]
-    model = build_model(
-        model_name, x.shape[1], graph.num_classes, hidden=cfg.hidden, num_layers=cfg.layers_for(model_name),
-        dropout=cfg.dropout, topk=x.shape[1] if summary["feature"] == "P" else None, adjacency=cfg.adjacency,
-    )
+    model = classifier_for(model_name, x.shape[1], graph.num_classes, cfg, x.shape[1] if summary["feature"] == "P" else None)
     model.load_state_dict(load_file(str(Path(run_path) / WEIGHTS_FILE)))
     model.eval()
     op = graph_operator(model_name, torch.from_numpy(graph.edge_index), graph.num_nodes, cfg.adjacency)

@@ -10,13 +10,14 @@ another in one process, so the figures are comparable; published figures are lis
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from tag_pipeline import lake
+from tag_pipeline.report import mean_std_cell
 
 LEADERBOARD_STAGE_VERSION = 1
 LEADERBOARD_FILE = "leaderboard.parquet"
@@ -61,6 +62,18 @@ def llm_tokens(responses: str | Path | None) -> int | None:
     return int(total) if total is not None else None
 
 
+def headline_runs(result: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(variant, run)`` for each of one method's runs that the leaderboard shows: the
+    method's own (a run without ``method`` counts as the method's) and, where
+    :data:`HEADLINE_VARIANTS` lists the method, of those variants only."""
+    method = result["method"]
+    wanted = HEADLINE_VARIANTS.get(method)
+    for r in result["runs"]:
+        variant = r.get("variant", r.get("feature"))
+        if r.get("method", method) == method and (not wanted or variant in wanted):
+            yield variant, r
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -88,12 +101,8 @@ def leaderboard_frame(
     rows = []
     for res in results:
         method = res["method"]
-        wanted = HEADLINE_VARIANTS.get(method)
         groups: dict[tuple[str, str], list[Mapping]] = {}
-        for r in res["runs"]:
-            variant = r.get("variant", r.get("feature"))
-            if r.get("method", method) != method or (wanted and variant not in wanted):
-                continue
+        for variant, r in headline_runs(res):
             groups.setdefault((r["model"], variant), []).append(r)
         for (model, variant), runs in groups.items():
             test_mean, test_std = _mean_std([float(r["test_acc"]) for r in runs])
@@ -127,7 +136,7 @@ def render_leaderboard(dataset: str, board: pl.DataFrame, seeds: Sequence[int]) 
     for r in board.iter_rows(named=True):
         tokens = f"{r['llm_tokens']:,}" if r["llm_tokens"] is not None else "–"
         ms = f"{r['infer_ms_per_node']:.5f}" if r["infer_ms_per_node"] is not None else "–"
-        acc = f"{r['test_mean']:.4f} ± {r['test_std']:.4f}" if r["seeds"] > 1 else f"{r['test_mean']:.4f}"
+        acc = mean_std_cell(r["test_mean"], r["test_std"], r["seeds"])
         out.append(f"| {r['method']} | {r['model']} | {r['variant']} | {acc} | {r['val_mean']:.4f} | "
                    f"{r['wall_s']:.1f} | {tokens} | {ms} |")
     published = PUBLISHED.get(dataset, [])
@@ -156,27 +165,20 @@ def materialize_leaderboard(
     Returns:
         (artifact directory, markdown, :func:`leaderboard_frame`).
     """
-    import torch
-
     from tag_pipeline.datasets import open_graph
+    from tag_pipeline.hardware import torch_threads
     from tag_pipeline.inference import run_forward_ms_per_node
 
     graph = open_graph(Path(graph_path))
     infer_ms: dict[str, float] = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # GALLON times its student and teachers on one thread too
-    try:
+    with torch_threads(1):  # GALLON times its student and teachers on one thread too
         for res in results:
-            wanted = HEADLINE_VARIANTS.get(res["method"])
-            for r in res["runs"]:
-                variant = r.get("variant", r.get("feature"))
+            for _, r in headline_runs(res):
                 path = str(r["path"])
-                if (not wanted or variant in wanted) and r.get("method") == res["method"] and path not in infer_ms:
+                if path not in infer_ms:
                     stage = lake.read_artifact(path, verify=False).manifest.get("stage")
                     if stage in TIMED_STAGES:  # others (glem, leading): the figure they carry, if any
                         infer_ms[path] = run_forward_ms_per_node(path, graph, timing_repeats)
-    finally:
-        torch.set_num_threads(threads)
     board = leaderboard_frame(results, infer_ms)
     markdown = render_leaderboard(dataset, board, seeds)
     key = lake.config_hash(

@@ -107,22 +107,22 @@ def run_kind(run: str | Path) -> Literal["gallon", "gnn"]:
     if stage == "gallon":
         ta = art.manifest.get("student", {}).get("feature_paths", {}).get("TA")
         if ta is not None:
-            frozen_encoder(run, ta)
+            frozen_encoder(ta, run)
         return "gallon"
     if stage == "train":
         feature = art.manifest["summary"]["feature"]
         if feature != "TA":
             raise ValueError(f"{run}: a GNN on {feature} needs the LLM's answer for each new node; "
                              "choose a run on TA or a GALLON student")
-        frozen_encoder(run, art.manifest["inputs"]["features"])
+        frozen_encoder(art.manifest["inputs"]["features"], run)
         return "gnn"
     raise ValueError(f"{run}: a {stage!r} artifact cannot predict; choose a GALLON student (gallon/...) "
                      "or a GNN training run on TA (train/<model>-TA-...)")
 
 
-def frozen_encoder(run: str | Path, ta_feature: str | Path):
-    """The :class:`~tag_pipeline.config.LMConfig` that embedded ``run``'s TA feature, which
-    new nodes are embedded with.
+def frozen_encoder(ta_feature: str | Path, run: str | Path | None = None):
+    """The :class:`~tag_pipeline.config.LMConfig` that embedded a TA feature (that of ``run``,
+    which the message names when given), which new nodes are embedded with.
 
     Raises:
         ValueError: the TA feature is not a frozen encoder's (fine-tuned or LEADING
@@ -137,7 +137,7 @@ def frozen_encoder(run: str | Path, ta_feature: str | Path):
         return LMConfig.model_validate(manifest.get("config") or {})
     except ValidationError:
         raise ValueError(
-            f"{run}: its TA feature {ta_feature} comes from a trained LM ({manifest.get('stage')}), not the "
+            f"{run or ta_feature}: its TA feature {ta_feature} comes from a trained LM ({manifest.get('stage')}), not the "
             "frozen encoder: new nodes cannot be embedded the same way; choose a run on frozen TA"
         ) from None
 
@@ -176,7 +176,7 @@ def _encode(texts: list[str], ta_feature: Path):
     """Embed ``texts`` with the frozen encoder (model, max length) that built the TA feature."""
     from tag_pipeline.features.text import encode_texts
 
-    cfg = frozen_encoder(ta_feature, ta_feature)
+    cfg = frozen_encoder(ta_feature)
     return encode_texts(texts, cfg.model, max_length=cfg.max_length, batch_size=cfg.batch_size, device=cfg.device,
                         show_progress=len(texts) > 1000, runtime=cfg.runtime, precision=cfg.precision)
 
@@ -266,7 +266,7 @@ def materialize_predictions(
     for f in (nodes, edges):
         if f is not None and not Path(f).is_file():
             raise DatasetError(f"{f}: input file not found")
-    run_kind(run)
+    kind = run_kind(run)
     dataset = run.parents[1].name
     lake_root = Path(lake_root) if lake_root is not None else run.parents[2]
     key = lake.config_hash(PREDICT_STAGE_VERSION, run.name, lake.file_sha256(nodes),
@@ -281,7 +281,7 @@ def materialize_predictions(
         graph_path = Path(manifest["inputs"]["graph"])
         graph = open_graph(graph_path)
         new = read_new_nodes(nodes, edges, graph.source_ids)
-        if new.edges is not None and run_kind(run) == "gallon":
+        if new.edges is not None and kind == "gallon":
             print(f"predict: {run.name} is a graph-free student; the {new.edges.shape[1] // 2} edges are not used")
         frame, stats = predict_new_nodes(run, new, graph_path)
         with lake.write_artifact(

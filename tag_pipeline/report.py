@@ -76,14 +76,16 @@ def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
     return [v for v in order if v in values] + sorted(v for v in values if v not in order)
 
 
+def mean_std_cell(mean: float, std: float, seeds: int) -> str:
+    """``"0.8824 ± 0.0109"`` over several seeds; the accuracy alone for one (a std of one run is not 0)."""
+    return f"{mean:.4f} ± {std:.4f}" if seeds > 1 else f"{mean:.4f}"
+
+
 def accuracy_table(metrics: pl.DataFrame, split: str, dataset: str) -> str:
     """Markdown table: models x features, ``mean ± std`` over seeds (the accuracy alone where
     a cell has one seed: a std of one run is not 0), plus TAPE's h_TAPE."""
     summary = summary_frame(metrics).filter(pl.col("split") == split)
-    cell = {
-        (r["model"], r["feature"]): f"{r['mean']:.4f} ± {r['std']:.4f}" if r["seeds"] > 1 else f"{r['mean']:.4f}"
-        for r in summary.iter_rows(named=True)
-    }
+    cell = {(r["model"], r["feature"]): mean_std_cell(r["mean"], r["std"], r["seeds"]) for r in summary.iter_rows(named=True)}
     models = _ordered(summary["model"].unique().to_list(), MODEL_ORDER)
     features = _ordered(summary["feature"].unique().to_list(), FEATURE_ORDER)
     published = TAPE_PUBLISHED.get(dataset, {})
@@ -130,9 +132,8 @@ def tape_accuracy_section(dataset: str, metrics: pl.DataFrame) -> list[str]:
 def _cell(values: Sequence[float]) -> str:
     if not values:
         return "–"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean_std_cell(statistics.mean(values), std, len(values))
 
 
 def variant_table(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> list[str]:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from tag_pipeline.config import GNNConfig
 from tag_pipeline.datasets.base import Split
-from tag_pipeline.hardware import available_cores
+from tag_pipeline.hardware import available_cores, torch_threads
 from tag_pipeline.models import build_model, graph_operator
 
 
@@ -81,20 +81,16 @@ def train_node_classifier(
     Returns:
         :class:`TrainResult` at the epoch of best validation accuracy.
     """
-    previous_threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _train(model_name, x, edge_index, y, split, cfg, seed, num_classes, topk, show_progress)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
-def _train(model_name, x, edge_index, y, split, cfg, seed, num_classes, topk, show_progress) -> TrainResult:
-    torch.manual_seed(seed)
-    model = build_model(
+def classifier_for(model_name: str, in_channels: int, num_classes: int, cfg: GNNConfig, topk: int | None = None):
+    """The (untrained) node classifier ``cfg`` describes for ``model_name``: what
+    :func:`train_node_classifier` trains, and what a training run's weights load into."""
+    return build_model(
         model_name,
-        x.shape[1],
+        in_channels,
         num_classes,
         hidden=cfg.hidden,
         num_layers=cfg.layers_for(model_name),
@@ -102,6 +98,11 @@ def _train(model_name, x, edge_index, y, split, cfg, seed, num_classes, topk, sh
         topk=topk,
         adjacency=cfg.adjacency,
     )
+
+
+def _train(model_name, x, edge_index, y, split, cfg, seed, num_classes, topk, show_progress) -> TrainResult:
+    torch.manual_seed(seed)
+    model = classifier_for(model_name, x.shape[1], num_classes, cfg, topk)
     edge_index = graph_operator(model_name, edge_index, x.shape[0], cfg.adjacency)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_idx, val_idx, test_idx = (torch.from_numpy(p) for p in (split.train, split.val, split.test))

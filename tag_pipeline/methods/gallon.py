@@ -580,6 +580,7 @@ def materialize_gallon(
     from tag_pipeline import lake
     from tag_pipeline.datasets import check_split, graph_content_key, open_graph, split_key
     from tag_pipeline.features.store import read_feature
+    from tag_pipeline.hardware import torch_threads
     from tag_pipeline.inference import forward_ms_per_node, hidden_representation, load_trained_model
     from tag_pipeline.train import accuracy, predictions_frame
 
@@ -594,10 +595,7 @@ def materialize_gallon(
     with lake.exclusive(path) as committed:
         if committed:
             return _summaries(path)
-        previous_threads = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             graph = open_graph(graph_path)
             split = graph.splits[seed]
             check_split(split, seed, graph.name, graph.num_nodes)
@@ -631,9 +629,9 @@ def materialize_gallon(
                     best, best_point = fit, point
             plain = train_student(inputs, y, split, c, cfg, seed=seed)
 
-            # inference time per node, student vs each teacher member, same process, one thread
-            # (as the leaderboard measures every other run)
-            torch.set_num_threads(1)
+        # inference time per node, student vs each teacher member, same process, one thread
+        # (as the leaderboard measures every other run)
+        with torch_threads(1):
             student = build_student(inputs.dense.shape[1], c, cfg, inputs.topk)
             student.load_state_dict(best.state_dict)
             student.eval()
@@ -645,8 +643,6 @@ def materialize_gallon(
             head = torch.nn.Linear(e_lm.shape[1], c)
             head.load_state_dict(lm_fit.state_dict)
             lm_ms = forward_ms_per_node(lambda: head(e_lm), graph.num_nodes, cfg.timing_repeats)
-        finally:
-            torch.set_num_threads(previous_threads)
 
         def row(variant: str, model: str, logits, val: float, ms: float, **extra) -> dict:
             return {"method": "gallon", "model": model, "variant": variant, "feature": variant, "seed": seed, "lm": lm,

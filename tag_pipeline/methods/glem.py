@@ -21,8 +21,10 @@ The GNN's node features are the LM's mean-pooled last hidden states, recomputed 
 LM phase (the paper's design). The run's prediction is the LM's or the GNN's, whichever has
 the better validation accuracy after the last round (the paper reports both; GLEM-GNN is
 usually the better on Cora). Paper-silent or CPU-driven choices (128 tokens, one LM epoch
-per phase, lr 2e-4) were not tuned on this split: a CPU budget (an LM epoch over Cora's
-train nodes takes ~3.5 min on 2 cores), see ``bench/glem_probe.py``.
+per phase, lr 2e-4) were not tuned on this split: a CPU budget (the pretraining epoch over
+Cora's train nodes took 430 s on 2 cores shared with other jobs; each run records its
+phases' seconds in its manifest). A small trial: ``tag --method '{"name": "glem"}'
+--dataset.subset 300 --seeds '[0]'``.
 """
 
 from __future__ import annotations
@@ -236,6 +238,7 @@ def materialize_glem(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_ro
 
     from tag_pipeline import lake
     from tag_pipeline.datasets import check_split, open_graph
+    from tag_pipeline.hardware import torch_threads
     from tag_pipeline.train import accuracy, predictions_frame
 
     graph_path = Path(graph_path)
@@ -254,13 +257,8 @@ def materialize_glem(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_ro
             raise ValueError(f"{graph_path}: dataset {graph.name!r} has no node text; GLEM needs it")
         split = graph.splits[seed]
         check_split(split, seed, graph.name, graph.num_nodes)
-        previous = torch.get_num_threads()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        try:
+        with torch_threads(cfg.threads):
             out = run_glem(graph.text, graph.labels, graph.edge_index, split, graph.num_classes, cfg, seed=seed)
-        finally:
-            torch.set_num_threads(previous)
         y = torch.from_numpy(graph.labels)
         idx = {p: torch.from_numpy(getattr(split, p)) for p in ("val", "test")}
 

@@ -333,6 +333,7 @@ def materialize_leading(graph_path: str | Path, responses: str | Path | None, fe
 
     from tag_pipeline import lake
     from tag_pipeline.datasets import check_split, open_graph
+    from tag_pipeline.hardware import torch_threads
     from tag_pipeline.features.stage import feature_texts
     from tag_pipeline.features.store import write_feature
     from tag_pipeline.train import accuracy, predictions_frame
@@ -352,14 +353,9 @@ def materialize_leading(graph_path: str | Path, responses: str | Path | None, fe
         split = graph.splits[seed]
         check_split(split, seed, graph.name, graph.num_nodes)
         texts = feature_texts(graph_path, Path(responses) if responses else None, feature, cfg.e_text)
-        previous = torch.get_num_threads()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        try:
+        with torch_threads(cfg.threads):
             out = train_leading(texts, graph.labels, graph.edge_index, split, graph.num_classes, cfg, seed=seed,
                                 progress=graph.num_nodes >= 20_000)
-        finally:
-            torch.set_num_threads(previous)
         y = torch.from_numpy(graph.labels)
         row = {"method": "leading", "model": cfg.head, "variant": feature, "feature": feature, "seed": seed,
                "val_acc": out["val_acc"], "test_acc": accuracy(out["logits"], y, torch.from_numpy(split.test)),
