@@ -3,6 +3,15 @@ fine-tuning and naive end-to-end training, side by side on this machine.
 
     python bench/leading_cora.py accuracy --seeds 0 --features TA      # the tag flow, method leading
     python bench/leading_cora.py cost --subset 500                     # one epoch of each, own process
+    python bench/leading_cora.py lowlabel --seeds 0 1 2 3              # 20 per class / 500 / 1,000
+
+``lowlabel`` runs Cora's low-label split (``dataset.split=low_label``: 20 train nodes per
+class, 500 validation, 1,000 test, random per seed) through the tag flow twice, TA only (the
+regime's papers have no LLM explanations): TAPE with frozen and fine-tuned encoders (GCN and
+MLP per encoder), then LEADING with its GCN. It prints one table: LEADING's own logits, the
+fine-tuned LM's own logits (read from its lake artifact), and GCNs on frozen, fine-tuned and
+LEADING embeddings, mean ± std over seeds. The fine-tuned LM uses LEADING's recipe (MiniLM,
+top 2 layers, 128 tokens, lr 1e-4, 4 epochs), so the graph is the only difference.
 
 ``cost`` runs each variant in a fresh process (so each peak RSS is its own; "whole call"
 adds loading the model, tokenising and the frozen lower layers' one pass): LM-only
@@ -22,6 +31,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -89,17 +99,67 @@ def accuracy(args) -> None:
     print(out["markdown"].split("## LLM stage")[0])
 
 
+def lowlabel(args) -> None:
+    import statistics
+
+    import numpy as np
+
+    from flows.tag import tag
+    from tag_pipeline.config import DatasetConfig, FinetuneConfig, LowLabelSplitConfig
+    from tag_pipeline.datasets import open_graph
+    from tag_pipeline.finetune import materialize_finetuned_feature, read_lm_logits
+    from tag_pipeline.methods import LeadingMethod
+    from tag_pipeline.report import mean_std_cell
+
+    sizes = LowLabelSplitConfig(train_per_class=args.per_class, num_val=args.num_val, num_test=args.num_test)
+    dataset = DatasetConfig(name="cora", root=args.root, subset=args.subset, split="low_label", low_label=sizes)
+    common = dict(dataset=dataset, features=["TA"], seeds=args.seeds, lake=args.lake)
+    finetune = FinetuneConfig(trainable_layers=LeadingMethod().trainable_layers)
+    start = time.perf_counter()
+    tape = tag(**common, models=["mlp", "gcn"], lm_modes=["frozen", "finetuned"], finetune=finetune)
+    tape_s = time.perf_counter() - start
+    leading = tag(**common, models=["gcn"], method=LeadingMethod(features=["TA"]))
+    leading_s = time.perf_counter() - start - tape_s
+    graph = open_graph(Path(tape["graph"]))
+    rows: dict[str, list[tuple[float, float]]] = {}
+    for r in tape["runs"] + leading["runs"]:
+        if r["feature"] != "TA":  # h_TAPE of one feature repeats it
+            continue
+        name = "LEADING (own logits)" if r["method"] == "leading" else f"{r['model'].upper()} on {r['lm']} TA"
+        rows.setdefault(name, []).append((r["val_acc"], r["test_acc"]))
+    for seed in args.seeds:  # the fine-tuned LM's own logits: the artifact the flow made (no retraining)
+        path = materialize_finetuned_feature(Path(tape["graph"]), None, "TA", seed, finetune, Path(args.lake))
+        pred = read_lm_logits(path).argmax(1).numpy()
+        split = graph.splits[seed]
+        acc = [float(np.mean(pred[p] == graph.labels[p])) for p in (split.val, split.test)]
+        rows.setdefault("fine-tuned LM (own logits)", []).append((acc[0], acc[1]))
+
+    def cell(values: list[float]) -> str:
+        return mean_std_cell(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+    print(f"\nCora low-label ({dataset.split_label}), TA, seeds {args.seeds}; tag flow TAPE {tape_s:.0f} s, "
+          f"LEADING {leading_s:.0f} s")
+    print("| predictor | test | val |\n|---|---|---|")
+    for name, vals in sorted(rows.items(), key=lambda kv: -statistics.mean(t for _, t in kv[1])):
+        print(f"| {name} | {cell([t for _, t in vals])} | {cell([v for v, _ in vals])} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["accuracy", "cost", "_epoch"])
+    ap.add_argument("what", choices=["accuracy", "cost", "lowlabel", "_epoch"])
     ap.add_argument("variant", nargs="?")
     ap.add_argument("--root", default="../shared/data")
-    ap.add_argument("--subset", type=int, default=500)
+    ap.add_argument("--subset", type=int, default=None, help="first N Cora nodes (cost: default 500; lowlabel: all)")
+    ap.add_argument("--per-class", type=int, default=20, help="lowlabel: train nodes per class")
+    ap.add_argument("--num-val", type=int, default=500, help="lowlabel: validation nodes")
+    ap.add_argument("--num-test", type=int, default=1000, help="lowlabel: test nodes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--features", nargs="+", default=["TA"])
     ap.add_argument("--lake", default="data/lake")
     args = ap.parse_args()
+    if args.what in ("cost", "_epoch") and args.subset is None:
+        args.subset = 500
     if args.what == "_epoch":
         print(json.dumps(one_epoch(args.variant, args.root, args.subset, args.threads)))
         return
@@ -107,7 +167,7 @@ def main() -> None:
 
     cpu = cpu_info()
     print(f"CPU: {cpu.model}; flags: {', '.join(sorted(cpu.flags)) or 'none of interest'}")
-    (cost if args.what == "cost" else accuracy)(args)
+    {"cost": cost, "accuracy": accuracy, "lowlabel": lowlabel}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,6 @@ def compare(
         results.append({"method": method.name, "wall_s": wall, "runs": out["runs"],
                         "responses": out.get("responses")})
         print(f"compare: {method.name} done in {wall:.1f} s ({len(out['runs'])} run summaries)")
-    board = leaderboard(dataset.lake_name, graph, results, seeds, lake)
+    board = leaderboard(dataset.lake_name, graph, results, seeds, lake, dataset.split_label)
     print(board["markdown"])
     return board | {"reports": reports}

@@ -95,7 +95,7 @@ def tag(
         rows = [r.as_run() for r in runs]
         out = report(
             cfg.dataset.lake_name, rows, {k: round(v, 2) for k, v in timings.items()}, paths, responses, missing,
-            lake_root, cfg.stop_after, cfg.method,
+            lake_root, cfg.stop_after, cfg.method, cfg.dataset.split_label,
         )
         print(out["markdown"])
         return out | {

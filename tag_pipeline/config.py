@@ -65,6 +65,15 @@ class CustomDataConfig(_Config):
         return f"{stem}-custom" if stem in BUILTIN_NAMES else stem
 
 
+class LowLabelSplitConfig(_Config):
+    """Sizes of the low-label split (Planetoid's regime: Yang et al., ICML 2016, Sec. 4;
+    Kipf & Welling, ICLR 2017, Sec. 5.1), drawn at random per seed."""
+
+    train_per_class: int = Field(20, ge=1, description="Train nodes per class (all of a smaller class).")
+    num_val: int = Field(500, ge=1, description="Validation nodes, drawn from the rest.")
+    num_test: int = Field(1000, ge=1, description="Test nodes, drawn from what validation leaves.")
+
+
 class DatasetConfig(_Config):
     """Which dataset to load and from where."""
 
@@ -85,6 +94,26 @@ class DatasetConfig(_Config):
         "and first contact. None = the whole graph.",
     )
     custom: CustomDataConfig | None = Field(None, description="Files of a custom dataset.")
+    split: Literal["standard", "low_label"] = Field(
+        "standard",
+        description="Label regime: 'standard' (the dataset's own split: TAPE's random 60/20/20 per "
+        "seed for cora, pubmed, arxiv_2023; OGB's time split for ogbn-arxiv; a custom split column) "
+        "or 'low_label' (per seed, low_label.train_per_class random train nodes per class, then "
+        "num_val validation and num_test test nodes at random from the rest, as Planetoid).",
+    )
+    low_label: LowLabelSplitConfig = Field(
+        LowLabelSplitConfig(), description="Sizes of the low-label split (split='low_label' only)."
+    )
+
+    @property
+    def split_label(self) -> str | None:
+        """How reports name the split: ``None`` for the standard split, else e.g.
+        ``"low-label split: 20 train nodes per class, 500 val, 1,000 test"``."""
+        if self.split == "standard":
+            return None
+        s = self.low_label
+        return (f"low-label split: {s.train_per_class} train nodes per class, {s.num_val:,} val, "
+                f"{s.num_test:,} test")
 
     @property
     def lake_name(self) -> str:

@@ -117,8 +117,9 @@ def tape_accuracy_section(dataset: str, metrics: pl.DataFrame) -> list[str]:
         "",
         (f"Test accuracy, mean ± std over seeds {seeds}" if len(seeds) > 1 else f"Test accuracy, seed {seeds[0]} only (no std)")
         + " (best epoch by validation accuracy). "
-        "h_TA, h_E, h_P: one GNN per feature; h_TAPE: their ensemble. The last column is "
-        "TAPE's published h_TAPE (He et al., ICLR 2024, Table 2; fine-tuned DeBERTa-base).",
+        "h_TA, h_E, h_P: one GNN per feature; h_TAPE: their ensemble."
+        + (" The last column is TAPE's published h_TAPE (He et al., ICLR 2024, Table 2; fine-tuned "
+           "DeBERTa-base)." if TAPE_PUBLISHED.get(dataset) else ""),
         "",
     ]
     for split, title in (("test", "Test accuracy"), ("val", "Validation accuracy (the only figure used for any choice)")):
@@ -245,6 +246,7 @@ def render_report(
     missing_features: Sequence[str] = (),
     stop_after: str = "report",
     method: MethodBase | None = None,
+    split_label: str | None = None,
 ) -> str:
     """The markdown report of one flow run.
 
@@ -257,13 +259,19 @@ def render_report(
         missing_features: features the dataset lacks (reported, not trained).
         stop_after: the last stage the run was asked to run.
         method: the run's method (title and accuracy tables); ``None`` = TAPE.
+        split_label: the split when it is not the dataset's standard one (e.g. ``"low-label
+            split: 20 train nodes per class, 500 val, 1,000 test"``): it joins the dataset's
+            name in the titles, and the published columns (measured on the standard split)
+            are left out.
     """
     method = method if method is not None else TapeMethod()
+    # Published figures are looked up by the dataset's name: the split-qualified name has none.
+    titled = dataset if split_label is None else f"{dataset} ({split_label})"
     if metrics.is_empty():
-        out = [f"# {method.title} on {dataset}: stopped after the {stop_after} stage", "",
+        out = [f"# {method.title} on {titled}: stopped after the {stop_after} stage", "",
                "No model was trained in this run, so there is no accuracy table.", ""]
     else:
-        out = method.report_sections(dataset, metrics)
+        out = method.report_sections(titled, metrics)
     if missing_features:
         out += [f"Features not available for this dataset: {', '.join(missing_features)}.", ""]
     if llm_stats:
@@ -294,13 +302,15 @@ def materialize_report(
     missing_features: Sequence[str] = (),
     stop_after: str = "report",
     method: MethodBase | None = None,
+    split_label: str | None = None,
 ) -> tuple[Path, str]:
     """Write ``metrics.parquet`` and ``report.md`` to ``<lake>/<dataset>/report/<key>``.
 
     The key hashes the runs' and inputs' artifact paths (and the method's name, for methods
     other than TAPE, whose keys predate the method seam), so the same results map to the same
     report; timings of a later (cached) run do not rewrite it. ``method`` (``None`` = TAPE)
-    titles the report and lays out its accuracy tables.
+    titles the report and lays out its accuracy tables; ``split_label`` names a split other
+    than the dataset's standard one (see :func:`render_report`).
 
     Returns:
         (artifact directory, markdown text).
@@ -313,7 +323,8 @@ def materialize_report(
     path = lake.artifact_dir(lake_root, dataset, "report", key)
     metrics = metrics_frame(dataset, runs)
     markdown = render_report(
-        dataset, metrics, timings, {**paths, "report": str(path)}, llm_stats, missing_features, stop_after, method
+        dataset, metrics, timings, {**paths, "report": str(path)}, llm_stats, missing_features, stop_after, method,
+        split_label,
     )
     if lake.find_artifact(path) is None:
         with lake.exclusive(path) as committed:

@@ -22,15 +22,17 @@ def report(
     lake: str,
     stop_after: str = "report",
     method: MethodBase | None = None,
+    split_label: str | None = None,
 ) -> dict:
     """Write metrics.parquet and report.md; publish the report as a markdown artifact
-    (``method``, default TAPE, titles it and lays out its tables)."""
+    (``method``, default TAPE, titles it and lays out its tables; ``split_label`` names a
+    split other than the dataset's standard one)."""
     stats = read_artifact(responses, verify=False).manifest.get("stats") if responses else None
     if stats and stats.get("n_failed"):
         stats = stats | {"failed_nodes": failed_answer_nodes(responses)}
     path, markdown = materialize_report(
         dataset, runs, timings, paths, Path(lake), llm_stats=stats, missing_features=missing_features,
-        stop_after=stop_after, method=method,
+        stop_after=stop_after, method=method, split_label=split_label,
     )
     title = method.title if method is not None else "TAPE"
     create_markdown_artifact(

@@ -21,6 +21,7 @@ from tag_pipeline.datasets.base import (
     DatasetError,
     Split,
     TAGraph,
+    low_label_split,
     read_graph,
     read_splits,
     tape_random_split,
@@ -138,7 +139,9 @@ def load_dataset(cfg: DatasetConfig, seeds: list[int]) -> TAGraph:
     (:func:`tape_random_split`); ogbn-arxiv uses OGB's official time split (90,941 / 29,799 /
     48,603) for every seed, as TAPE does (the seed then only varies the models); custom uses
     the nodes file's split column if it has one, else TAPE's random split. With
-    ``cfg.subset``, the induced subgraph on the first ``subset`` nodes.
+    ``cfg.subset``, the induced subgraph on the first ``subset`` nodes. ``cfg.split="low_label"``
+    replaces every seed's split by :func:`~tag_pipeline.datasets.base.low_label_split` of
+    (that subgraph's) labels.
 
     Args:
         cfg (DatasetConfig): which dataset and where.
@@ -171,6 +174,11 @@ def load_dataset(cfg: DatasetConfig, seeds: list[int]) -> TAGraph:
         raise DatasetError(f"unknown dataset {cfg.name!r}")
     if cfg.subset is not None and cfg.subset < graph.num_nodes:
         graph = graph.subgraph(np.arange(cfg.subset))
+    if cfg.split == "low_label":
+        s = cfg.low_label
+        graph.splits = {
+            seed: low_label_split(graph.labels, seed, s.train_per_class, s.num_val, s.num_test) for seed in seeds
+        }
     return graph
 
 
@@ -235,7 +243,9 @@ def graph_key(cfg: DatasetConfig, seeds: list[int]) -> str:
     Raises:
         DatasetError: a raw input file is missing (the message names it).
     """
-    opts = cfg.model_dump(mode="json", exclude={"root"})
+    # The standard split leaves split/low_label out, so keys from before the field stay put.
+    exclude = {"root"} | ({"split", "low_label"} if cfg.split == "standard" else set())
+    opts = cfg.model_dump(mode="json", exclude=exclude)
     if cfg.custom is not None:
         opts["custom"] = cfg.custom.model_dump(mode="json", exclude={"nodes", "edges", "classes"})
     try:

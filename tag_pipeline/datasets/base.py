@@ -70,6 +70,48 @@ def tape_random_split(num_nodes: int, seed: int) -> Split:
     )
 
 
+def low_label_split(labels: np.ndarray, seed: int, train_per_class: int = 20, num_val: int = 500,
+                    num_test: int = 1000) -> Split:
+    """The low-label (Planetoid-style) random split of one seed, drawn by PyG's ``RandomNodeSplit``.
+
+    Per class ``train_per_class`` random train nodes (every node of a smaller class), then
+    ``num_val`` validation and ``num_test`` test nodes at random from the rest (Yang et al.,
+    ICML 2016; PyG's ``split="random"``). Drawn from torch's generator seeded with ``seed``
+    inside ``torch.random.fork_rng``, so the caller's random state is untouched and the same
+    seed gives the same split on every machine (CPU generator).
+
+    Args:
+        labels: ``[N]`` integer labels in ``0..C-1``.
+        seed: the seed of the split.
+        train_per_class, num_val, num_test: the part sizes (nodes).
+
+    Returns:
+        Split with sorted int64 index arrays; for cora: 140/500/1,000.
+
+    Raises:
+        DatasetError: fewer nodes than the split needs (the message gives the sizes).
+    """
+    import torch
+    from torch_geometric.data import Data
+    from torch_geometric.transforms import RandomNodeSplit
+
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    counts = torch.bincount(y)
+    num_train = int(counts.clamp(max=train_per_class).sum())
+    if y.numel() - num_train < num_val + num_test:
+        raise DatasetError(
+            f"low-label split of seed {seed}: {y.numel()} nodes leave {y.numel() - num_train} after "
+            f"{num_train} train nodes ({train_per_class} per class), fewer than num_val {num_val} + "
+            f"num_test {num_test}; lower dataset.low_label's sizes"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        data = RandomNodeSplit("random", num_train_per_class=train_per_class, num_val=num_val,
+                               num_test=num_test)(Data(y=y, num_nodes=y.numel()))
+    parts = (data.train_mask, data.val_mask, data.test_mask)
+    return Split(*(m.nonzero().view(-1).numpy().astype(np.int64) for m in parts))
+
+
 def unique_sorted_edges(edge_index: np.ndarray, num_nodes: int) -> np.ndarray:
     """Drop duplicate edges and sort by (source, target).
 

@@ -355,7 +355,7 @@ def materialize_leading(graph_path: str | Path, responses: str | Path | None, fe
         texts = feature_texts(graph_path, Path(responses) if responses else None, feature, cfg.e_text)
         with torch_threads(cfg.threads):
             out = train_leading(texts, graph.labels, graph.edge_index, split, graph.num_classes, cfg, seed=seed,
-                                progress=graph.num_nodes >= 20_000)
+                                progress=True)
         y = torch.from_numpy(graph.labels)
         row = {"method": "leading", "model": cfg.head, "variant": feature, "feature": feature, "seed": seed,
                "val_acc": out["val_acc"], "test_acc": accuracy(out["logits"], y, torch.from_numpy(split.test)),

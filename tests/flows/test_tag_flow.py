@@ -104,3 +104,18 @@ def test_stop_after_llm_runs_only_graph_and_llm(prefect_harness, shared_data, tm
         {n.split("-")[0] for n in names} == {"load", "query", "report"}
     )
     assert pl.read_parquet(out["metrics"]).is_empty()
+
+
+def test_low_label_split_runs_through_the_flow(prefect_harness, shared_data, tmp_path):
+    from flows.tag import tag
+    from tag_pipeline.config import LowLabelSplitConfig
+    from tag_pipeline.datasets import open_graph
+
+    low = LowLabelSplitConfig(train_per_class=3, num_val=40, num_test=80)
+    out = tag(dataset=DatasetConfig(root=shared_data, subset=150, split="low_label", low_label=low),
+              features=["TA"], models=["mlp"], seeds=[0], lm=LMConfig(max_length=32), lake=str(tmp_path / "lake"),
+              gnn=GNNConfig(epochs=5, patience=5))
+    split = open_graph(Path(out["graph"])).splits[0]
+    assert (len(split.val), len(split.test)) == (40, 80) and len(split.train) <= 3 * 7
+    assert "# TAPE on cora (low-label split: 3 train nodes per class, 40 val, 80 test)" in out["markdown"]
+    assert "TAPE paper h_TAPE" not in out["markdown"]
