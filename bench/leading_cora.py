@@ -2,6 +2,7 @@
 fine-tuning and naive end-to-end training, side by side on this machine.
 
     python bench/leading_cora.py accuracy --seeds 0 --features TA      # the tag flow, method leading
+    python bench/leading_cora.py accuracy --seeds 0 --features TA --warmup-ratio 0.15 --head-lr 1e-3  # levers
     python bench/leading_cora.py cost --subset 500                     # one epoch of each, own process
     python bench/leading_cora.py lowlabel --seeds 0 1 2 3              # 20 per class / 500 / 1,000
 
@@ -89,13 +90,23 @@ def cost(args) -> None:
 
 def accuracy(args) -> None:
     from flows.tag import tag
+    from tag_pipeline import lake
     from tag_pipeline.config import DatasetConfig
     from tag_pipeline.methods import LeadingMethod
 
     start = time.perf_counter()
-    out = tag(dataset=DatasetConfig(name="cora", root=args.root), method=LeadingMethod(features=args.features),
-              seeds=args.seeds, lake=args.lake)
-    print(f"LEADING on Cora, seeds {args.seeds}, features {args.features}: {time.perf_counter() - start:.0f} s")
+    levers = {k: v for k, v in (("lr", args.lr), ("head_lr", args.head_lr), ("warmup_ratio", args.warmup_ratio))
+              if v is not None}
+    out = tag(dataset=DatasetConfig(name="cora", root=args.root),
+              method=LeadingMethod(features=args.features, **levers), seeds=args.seeds, lake=args.lake)
+    print(f"LEADING on Cora, seeds {args.seeds}, features {args.features}, levers {levers or 'none'}: "
+          f"{time.perf_counter() - start:.0f} s")
+    for r in out["runs"]:
+        if r["method"] == "leading":
+            manifest = lake.read_artifact(r["path"], verify=False).manifest
+            print(f"{r['variant']} seed {r['seed']}: val per epoch "
+                  f"{[round(h['val_acc'], 4) for h in manifest['history']]}, best epoch "
+                  f"{manifest['summary'].get('best_epoch')}")
     print(out["markdown"].split("## LLM stage")[0])
 
 
@@ -150,6 +161,9 @@ def main() -> None:
     ap.add_argument("variant", nargs="?")
     ap.add_argument("--root", default="../shared/data")
     ap.add_argument("--subset", type=int, default=None, help="first N Cora nodes (cost: default 500; lowlabel: all)")
+    ap.add_argument("--lr", type=float, default=None, help="accuracy: LEADING's LM learning rate (a lever)")
+    ap.add_argument("--head-lr", type=float, default=None, help="accuracy: the head's learning rate (a lever)")
+    ap.add_argument("--warmup-ratio", type=float, default=None, help="accuracy: warm-up then linear decay (a lever)")
     ap.add_argument("--per-class", type=int, default=20, help="lowlabel: train nodes per class")
     ap.add_argument("--num-val", type=int, default=500, help="lowlabel: validation nodes")
     ap.add_argument("--num-test", type=int, default=1000, help="lowlabel: test nodes")

@@ -52,6 +52,14 @@ class LeadingMethod(MethodConfig):
     epochs: int = Field(4, ge=1, description="Epochs over the train nodes (TAPE's fine-tuning: 4).")
     lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate (as our MiniLM fine-tuning).")
     head_lr: float = Field(1e-2, gt=0.0, description="Learning rate of the head (a fresh linear layer).")
+    warmup_ratio: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="None: constant learning rates. A fraction: both learning rates warm up linearly "
+        "over that fraction of all steps, then decay linearly to 0 (as LM fine-tuning, "
+        "transformers' get_linear_schedule_with_warmup); a lever against the drop after epoch 1.",
+    )
     batch_size: int = Field(16, ge=1, description="Target nodes per step.")
     label_smoothing: float = Field(0.3, ge=0.0, lt=1.0, description="Label smoothing (TAPE: 0.3).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout inside the LM.")
@@ -89,8 +97,9 @@ class LeadingMethod(MethodConfig):
 
     def key_fields(self) -> dict[str, Any]:
         fields = self.model_dump(mode="json", exclude={"threads", "gnns"})
-        if fields["e_text"] == "auto":  # keys of runs before the field existed stay valid
-            del fields["e_text"]
+        for name, before in (("e_text", "auto"), ("warmup_ratio", None)):
+            if fields[name] == before:  # keys of runs from before the field existed stay valid
+                del fields[name]
         return fields
 
 
@@ -213,7 +222,7 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
     Returns:
         dict: ``x`` ``[N, hidden]`` float32 LM embeddings and ``logits`` ``[N, C]`` at the epoch
         with the best validation accuracy; ``best_epoch``, ``val_acc``, ``history`` (per epoch
-        ``train_loss``, ``val_acc``, ``seconds``), ``cache_refreshes`` (epochs), ``seconds``.
+        ``train_loss``, ``val_acc``, the LM's ``lr`` at the epoch's end, ``seconds``), ``cache_refreshes`` (epochs), ``seconds``.
     """
     import numpy as np
     import torch
@@ -252,6 +261,13 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
                              {"params": head.parameters(), "lr": cfg.head_lr}], weight_decay=0.0)
     cache = NeighbourCache(cfg.refresh_every)
     train = np.asarray(split.train, dtype=np.int64)
+    steps = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+    scheduler = None
+    if cfg.warmup_ratio is not None:
+        from transformers import get_linear_schedule_with_warmup
+
+        total = cfg.epochs * steps
+        scheduler = get_linear_schedule_with_warmup(opt, round(cfg.warmup_ratio * total), total)
     val = torch.from_numpy(np.asarray(split.val, dtype=np.int64))
     rng = np.random.default_rng(seed)
 
@@ -269,7 +285,6 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
     h_all = encode_all()  # epoch 0's embeddings: the first cache
     best = {"val_acc": -1.0}
     history = []
-    steps = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     bar = tqdm(total=cfg.epochs * steps, disable=not progress, desc="LEADING", leave=False)
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -288,6 +303,8 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if scheduler is not None:
+                scheduler.step()
             losses.append(loss.item())
             bar.update(1)
         h_all = encode_all()
@@ -296,7 +313,7 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
             logits = graph_out(h_all)
         val_acc = (logits[val].argmax(-1) == y[val]).float().mean().item() if val.numel() else 0.0
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_acc": val_acc,
-                        "seconds": time.perf_counter() - t0})
+                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
         if val_acc > best["val_acc"]:
             best = {"val_acc": val_acc, "best_epoch": epoch, "x": h_all.clone(), "logits": logits.clone()}
     bar.close()

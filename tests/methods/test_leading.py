@@ -105,3 +105,21 @@ def test_naive_end_to_end_encodes_neighbours_with_gradients(shared_data, one_tor
         sizes[mode] = sum(encoded_with_grad)
     assert sizes["cache"] == len(graph.splits[0].train)  # each target once per epoch, no neighbour
     assert sizes["gradient"] > sizes["cache"]
+
+
+@pytest.mark.slow
+def test_warmup_schedule_is_followed_and_its_absence_keeps_old_keys(shared_data, one_torch_thread):
+    from tag_pipeline.config import DatasetConfig
+    from tag_pipeline.datasets import load_dataset
+
+    assert "warmup_ratio" not in LeadingMethod().key_fields()  # keys of runs before the lever stay put
+    assert LeadingMethod(warmup_ratio=0.5).key_fields()["warmup_ratio"] == 0.5
+    graph = load_dataset(DatasetConfig(root=shared_data, subset=60), [0])
+    base = dict(max_length=16, epochs=2, batch_size=8, trainable_layers=1)
+    flat = train_leading(graph.text, graph.labels, graph.edge_index, graph.splits[0], graph.num_classes,
+                         LeadingMethod(**base), seed=0)
+    warm = train_leading(graph.text, graph.labels, graph.edge_index, graph.splits[0], graph.num_classes,
+                         LeadingMethod(**base, warmup_ratio=0.5), seed=0)
+    assert [h["lr"] for h in flat["history"]] == [1e-4, 1e-4]
+    # half the steps warm up to the peak (end of epoch 1), the rest decay to 0
+    assert warm["history"][0]["lr"] == pytest.approx(1e-4) and warm["history"][1]["lr"] == 0.0
