@@ -65,7 +65,6 @@ Costs on this 2-core CPU are printed by ``bench/dre_cora.py``.
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -348,7 +347,33 @@ def build_encoder(in_dim: int, num_classes: int, codebook, cfg: DreMethod):
     return MultiViewEncoder()
 
 
-def auxiliary_losses(enc, out: dict, x, edge_index, y, train_mask, cfg: DreMethod) -> dict:
+def negative_edges(edge_index, num_nodes: int, num_samples: int, generator):
+    """Random node pairs that are not edges, drawn with ``generator`` only.
+
+    Our own sampler rather than PyG's ``negative_sampling``: that one draws from Python's and
+    torch's global random state, which other threads of the process (Prefect's services under a
+    flow) draw from too, so a seeded run was not reproducible. Pairs ``(i, j)`` are drawn
+    uniformly; self-pairs and existing edges are dropped (as PyG's sparse method does).
+
+    Args:
+        edge_index: ``[2, E]`` int64 (any device).
+        num_nodes: S.
+        num_samples: pairs drawn before dropping (about E).
+        generator: a CPU ``torch.Generator``.
+
+    Returns:
+        ``[2, <= num_samples]`` int64 on ``edge_index``'s device.
+    """
+    import torch
+
+    src = torch.randint(num_nodes, (num_samples,), generator=generator)
+    dst = torch.randint(num_nodes, (num_samples,), generator=generator)
+    edges = edge_index.cpu()
+    keep = (src != dst) & ~torch.isin(src * num_nodes + dst, edges[0] * num_nodes + edges[1])
+    return torch.stack([src[keep], dst[keep]]).to(edge_index.device)
+
+
+def auxiliary_losses(enc, out: dict, x, edge_index, y, train_mask, cfg: DreMethod, generator=None) -> dict:
     """The auxiliary losses (Sec. 4.2) on one (sub)graph, each already weighted.
 
     Args:
@@ -358,14 +383,14 @@ def auxiliary_losses(enc, out: dict, x, edge_index, y, train_mask, cfg: DreMetho
         y: ``[S]`` int64 labels (only read where ``train_mask``).
         train_mask: ``[S]`` bool, the train nodes of the subgraph.
         cfg: the weights.
+        generator: CPU ``torch.Generator`` of the adjacency loss's negative pairs (default: a
+            fresh unseeded one).
 
     Returns:
         ``{name: scalar tensor}`` for the non-zero weights.
     """
     import torch
     import torch.nn.functional as F
-    from torch_geometric.utils import negative_sampling
-
     losses = {}
     q_all = torch.cat(out["q"], -1)
     if cfg.commitment_weight:
@@ -377,7 +402,7 @@ def auxiliary_losses(enc, out: dict, x, edge_index, y, train_mask, cfg: DreMetho
         losses["label"] = cfg.label_weight * F.cross_entropy(enc.label_head(q_all[train_mask]), y[train_mask])
     if cfg.adjacency_weight and edge_index.shape[1] > 0:
         z = F.normalize(out["q"][-1], dim=-1)
-        neg = negative_sampling(edge_index, num_nodes=x.shape[0], num_neg_samples=edge_index.shape[1])
+        neg = negative_edges(edge_index, x.shape[0], edge_index.shape[1], generator or torch.Generator())
         pos_s = (z[edge_index[0]] * z[edge_index[1]]).sum(-1)
         neg_s = (z[neg[0]] * z[neg[1]]).sum(-1)
         scores = torch.cat([pos_s, neg_s]) * 5.0  # cosine in [-1, 1] -> logits in [-5, 5]
@@ -599,8 +624,8 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
         split: the seed's split (``train``, ``val``, ``test`` index arrays).
         class_names: ``[C]``.
         cfg: the method's config.
-        seed: seeds the GNN, LoRA init, dropout, batch order and negative edges (torch's global
-            RNG, and Python's ``random`` for the run, restored after).
+        seed: seeds the GNN, LoRA init and dropout (torch's global RNG), and the run's own
+            generator of the batch order and the adjacency loss's negative pairs.
         texts: ``[N]`` node texts (the zero-shot baseline; ``None`` skips it).
         decoder, tokenizer: an already loaded decoder (:func:`~tag_pipeline.models.decoder.load_decoder`);
             ``None``: load ``cfg.decoder`` (dtype ``cfg.dtype``) onto ``cfg.device``. A passed
@@ -658,8 +683,6 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
         seconds["zero_shot"] = time.perf_counter() - start
 
     torch.manual_seed(seed)
-    py_random = random.getstate()
-    random.seed(seed)  # PyG's negative_sampling draws with Python's random (adjacency loss)
     enc = build_encoder(x.shape[1], len(class_names), codebook, cfg).to(dev)
     model = get_peft_model(decoder, lora_config(cfg))
     try:
@@ -691,7 +714,7 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
                 target = torch.cat([torch.full(prompt.shape[:2], -100, dtype=torch.long, device=dev),
                                     ans_ids.masked_fill(~ans_mask, -100)], 1)
                 lm_loss = model(inputs_embeds=inputs, attention_mask=attn, labels=target).loss
-                aux = auxiliary_losses(enc, out, x[subset], sub_ei, y[subset], train_mask[subset], cfg)
+                aux = auxiliary_losses(enc, out, x[subset], sub_ei, y[subset], train_mask[subset], cfg, gen)
                 loss = lm_loss + sum(aux.values())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -743,7 +766,6 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
     finally:
         model.unload()  # remove the adapters: a passed decoder is returned as it came
         decoder.eval()
-        random.setstate(py_random)
     return DreResult(scored, scores, zero, ids, nearest, norms, losses, seconds, trainable, steps_per_epoch)
 
 

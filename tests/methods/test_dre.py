@@ -251,3 +251,17 @@ def test_a_run_is_reproducible(decoder):
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
     a, b = (run_dre(x, ei, y, split, CLASSES, cfg, seed=0, decoder=model, tokenizer=tok) for _ in range(2))
     assert a.losses == b.losses and torch.equal(a.scores, b.scores) and torch.equal(a.ids, b.ids)
+
+
+def test_negative_edges_are_non_edges_and_follow_only_their_generator():
+    import random
+
+    from tag_pipeline.methods.dre import negative_edges
+
+    _, ei = _path_graph(12)
+    a = negative_edges(ei, 12, 200, torch.Generator().manual_seed(1))
+    random.random(), torch.rand(3)  # other draws from the global states change nothing
+    b = negative_edges(ei, 12, 200, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape[0] == 2 and a.shape[1] > 100
+    pairs = set(map(tuple, ei.T.tolist()))
+    assert all((i, j) not in pairs and i != j for i, j in a.T.tolist())
