@@ -113,7 +113,7 @@ def accuracy(args) -> None:
 def lowlabel(args) -> None:
     import statistics
 
-    import numpy as np
+    import torch
 
     from flows.tag import tag
     from tag_pipeline.config import DatasetConfig, FinetuneConfig, LowLabelSplitConfig
@@ -121,6 +121,7 @@ def lowlabel(args) -> None:
     from tag_pipeline.finetune import materialize_finetuned_feature, read_lm_logits
     from tag_pipeline.methods import LeadingMethod
     from tag_pipeline.report import mean_std_cell
+    from tag_pipeline.train import accuracy
 
     sizes = LowLabelSplitConfig(train_per_class=args.per_class, num_val=args.num_val, num_test=args.num_test)
     dataset = DatasetConfig(name="cora", root=args.root, subset=args.subset, split="low_label", low_label=sizes)
@@ -132,6 +133,7 @@ def lowlabel(args) -> None:
     leading = tag(**common, models=["gcn"], method=LeadingMethod(features=["TA"]))
     leading_s = time.perf_counter() - start - tape_s
     graph = open_graph(Path(tape["graph"]))
+    y = torch.from_numpy(graph.labels)
     rows: dict[str, list[tuple[float, float]]] = {}
     for r in tape["runs"] + leading["runs"]:
         if r["feature"] != "TA":  # h_TAPE of one feature repeats it
@@ -140,10 +142,9 @@ def lowlabel(args) -> None:
         rows.setdefault(name, []).append((r["val_acc"], r["test_acc"]))
     for seed in args.seeds:  # the fine-tuned LM's own logits: the artifact the flow made (no retraining)
         path = materialize_finetuned_feature(Path(tape["graph"]), None, "TA", seed, finetune, Path(args.lake))
-        pred = read_lm_logits(path).argmax(1).numpy()
-        split = graph.splits[seed]
-        acc = [float(np.mean(pred[p] == graph.labels[p])) for p in (split.val, split.test)]
-        rows.setdefault("fine-tuned LM (own logits)", []).append((acc[0], acc[1]))
+        logits, split = read_lm_logits(path), graph.splits[seed]
+        rows.setdefault("fine-tuned LM (own logits)", []).append(
+            tuple(accuracy(logits, y, torch.from_numpy(p)) for p in (split.val, split.test)))
 
     def cell(values: list[float]) -> str:
         return mean_std_cell(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))

@@ -237,6 +237,33 @@ class Quantised:
     residual_norms: Any
 
 
+def nearest_codes(x, unit, chunk: int = 4096):
+    """Index of the codebook row most cosine-similar to each row of ``x`` (the first on ties).
+
+    Args:
+        x: ``[N, d]`` float vectors (no gradient flows: an arg-max).
+        unit: ``[M, d]`` the codebook rows, L2-normalised.
+        chunk: codebook rows compared at a time (memory: ``N x chunk`` floats).
+
+    Returns:
+        ``[N]`` int64 row indices into ``unit``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    xn = F.normalize(x, dim=-1)
+    best_val, best_idx = None, None
+    for s in range(0, unit.shape[0], chunk):
+        v, i = (xn @ unit[s: s + chunk].T).max(dim=-1)
+        if best_val is None:
+            best_val, best_idx = v, i + s
+        else:
+            better = v > best_val
+            best_val = torch.where(better, v, best_val)
+            best_idx = torch.where(better, i + s, best_idx)
+    return best_idx
+
+
 def residual_quantise(h, codebook, k: int, mode: str = "projection", chunk: int = 4096) -> Quantised:
     """Intra-layer residual vector quantisation (Sec. 4.2) of ``h`` onto ``codebook`` rows.
 
@@ -260,17 +287,7 @@ def residual_quantise(h, codebook, k: int, mode: str = "projection", chunk: int 
     r = h
     ids, codes, coefs, norms = [], [], [], [r.detach().norm(dim=-1)]
     for _ in range(k):
-        rn = F.normalize(r.detach(), dim=-1)
-        best_val, best_idx = None, None
-        for s in range(0, unit.shape[0], chunk):
-            sim = rn @ unit[s: s + chunk].T
-            v, i = sim.max(dim=-1)
-            if best_val is None:
-                best_val, best_idx = v, i + s
-            else:
-                better = v > best_val
-                best_val = torch.where(better, v, best_val)
-                best_idx = torch.where(better, i + s, best_idx)
+        best_idx = nearest_codes(r.detach(), unit, chunk)
         row = codebook[best_idx]  # [N, d], frozen
         codes.append(row + (r - r.detach()))  # straight-through: value = row, grad -> r
         if mode == "projection":
@@ -585,8 +602,8 @@ class DreResult:
             ``ids`` when quantised; for the continuous ablation, the closest word by cosine).
         residual_norms: ``[N, views, K+1]`` float32 or ``None``.
         losses: mean training loss per epoch (``{"lm": [...], "commitment": [...], ...}``).
-        seconds: wall seconds (``epochs`` list, ``encode``, ``score``, ``zero_shot``, ``load``:
-            0 when the decoder was passed in).
+        seconds: wall seconds (``epochs`` list, ``encode``, ``score``, ``zero_shot``; the lake
+            manifest adds ``load``, 0 when the decoder was passed in).
         trainable: ``{name: tensor}`` the trained GNN, heads and LoRA weights.
         steps: optimiser steps per epoch.
     """
@@ -612,7 +629,7 @@ def lora_config(cfg: DreMethod):
 
 
 def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMethod, *, seed: int,
-            texts: Sequence[str] | None = None, decoder=None, tokenizer=None,
+            decoder, tokenizer, texts: Sequence[str] | None = None,
             log: Callable[[str], None] | None = None) -> DreResult:
     """Train Dr.E on one split and score its validation and test nodes.
 
@@ -627,11 +644,11 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
         seed: seeds the GNN, LoRA init and dropout (torch's global RNG), and the run's own
             generator of the batch order and the adjacency loss's negative pairs.
         texts: ``[N]`` node texts (the zero-shot baseline; ``None`` skips it).
-        decoder, tokenizer: an already loaded decoder (:func:`~tag_pipeline.models.decoder.load_decoder`);
-            ``None``: load ``cfg.decoder`` (dtype ``cfg.dtype``) onto ``cfg.device``. A passed
-            decoder is used where it is (its device and dtype); it gets LoRA adapters for the
-            run and loses them again at the end (``peft``'s ``unload``): its own weights are
-            never changed. The GNN runs in float32 on the decoder's device.
+        decoder, tokenizer: a loaded decoder (:func:`~tag_pipeline.models.decoder.load_decoder`;
+            :func:`materialize_dre` loads ``cfg.decoder``), used where it is (its device and
+            dtype); it gets LoRA adapters for the run and loses them again at the end (``peft``'s
+            ``unload``): its own weights are never changed. The GNN runs in float32 on the
+            decoder's device.
         log: called with a progress line per epoch.
 
     Returns:
@@ -639,21 +656,13 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
 
     Raises:
         ValueError: an empty train split, or a non-word codebook.
-        tag_pipeline.models.decoder.DecoderNotFoundError: the decoder is missing.
     """
     import numpy as np
     import torch
     from peft import get_peft_model
     from torch_geometric.utils import k_hop_subgraph
 
-    from tag_pipeline.models.decoder import load_decoder
-
     seconds: dict[str, Any] = {"epochs": []}
-    start = time.perf_counter()
-    if decoder is None:
-        decoder, tokenizer = load_decoder(cfg.decoder, cfg.torch_dtype())
-        decoder.to(cfg.torch_device())
-    seconds["load"] = time.perf_counter() - start
     for p in decoder.parameters():
         p.requires_grad_(False)
     emb = decoder.get_input_embeddings()
@@ -746,10 +755,9 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
                 norms = out["residual_norms"].float().cpu()
             else:
                 ids, norms = None, None
-                flat = torch.nn.functional.normalize(tokens.reshape(-1, tokens.shape[-1]), dim=-1)
                 unit = torch.nn.functional.normalize(codebook, dim=-1)
-                nearest = vocab[torch.cat([(flat[i: i + 4096] @ unit.T).argmax(-1).cpu()
-                                           for i in range(0, flat.shape[0], 4096)])].view(tokens.shape[:3])
+                flat = tokens.reshape(-1, tokens.shape[-1]).float()
+                nearest = vocab[nearest_codes(flat, unit).cpu()].view(tokens.shape[:3])
         seconds["encode"] = time.perf_counter() - start
         start = time.perf_counter()
         rows = []
@@ -886,8 +894,7 @@ def materialize_dre(graph_path: str | Path, feature_path: str | Path, seed: int,
         with torch_threads(cfg.threads):
             res = run_dre(x, graph.edge_index, graph.labels, split, graph.class_names, cfg, seed=seed,
                           texts=graph.text, decoder=decoder, tokenizer=tokenizer, log=log)
-        if load_s is not None:
-            res.seconds["load"] = load_s
+        res.seconds["load"] = load_s or 0.0
         y = torch.from_numpy(graph.labels)
         nodes = res.scored
         n_val = len(split.val)
