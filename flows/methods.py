@@ -189,7 +189,8 @@ def leading_stages(run: MethodRun) -> list[RunSummary]:
 
 def dre_stages(run: MethodRun) -> list[RunSummary]:
     """Dr.E (tag_pipeline.methods.dre): the frozen TA feature (TAPE's embedding stage), then one
-    GNN + quantiser + LoRA decoder run per seed, with the zero-shot decoder baseline."""
+    GNN + quantiser + LoRA decoder run per seed, with the zero-shot decoder baseline; unless
+    ``method.gnns`` is off, TAPE's GNNs (the run's models) on the same TA feature and seeds."""
     cfg = run.cfg
     if "TA" not in run.features:
         raise ValueError(f"Dr.E encodes the frozen TA feature; this run has {run.features} (add 'TA' to features)")
@@ -203,6 +204,9 @@ def dre_stages(run: MethodRun) -> list[RunSummary]:
         for seed in cfg.seeds:
             out += summaries(train_dre(run.graph, ta, seed, cfg.method, run.lake, build=cfg.builds("train")), "dre")
     run.paths["Dr.E runs"] = str(cfg.lake / cfg.dataset.lake_name / "dre")
+    if cfg.method.gnns:
+        out += summaries(tape_gnns(run, {("frozen", "TA", s): ta for s in cfg.seeds}, modes=["frozen"],
+                                   features=["TA"]), "tape")
     return out
 
 

@@ -29,6 +29,7 @@ HEADLINE_VARIANTS: dict[str, tuple[str, ...]] = {
     "gallon": ("student", "mlp"),
     "glem": ("lm", "gnn"),
     "leading": ("TA", "E"),
+    "dre": ("dre", "zero-shot"),  # Dr.E, and its decoder zero-shot without graph tokens
 }
 
 #: Artifact stages whose inference the leaderboard times itself (tag_pipeline.inference).

@@ -247,6 +247,7 @@ def render_report(
     stop_after: str = "report",
     method: MethodBase | None = None,
     split_label: str | None = None,
+    runs: Sequence[Mapping] = (),
 ) -> str:
     """The markdown report of one flow run.
 
@@ -263,6 +264,8 @@ def render_report(
             split: 20 train nodes per class, 500 val, 1,000 test"``): it joins the dataset's
             name in the titles, and the published columns (measured on the standard split)
             are left out.
+        runs: the run summaries behind ``metrics`` (their ``path``), for the method's
+            :meth:`~tag_pipeline.methods.MethodConfig.run_sections`.
     """
     method = method if method is not None else TapeMethod()
     # Published figures are looked up by the dataset's name: the split-qualified name has none.
@@ -271,7 +274,7 @@ def render_report(
         out = [f"# {method.title} on {titled}: stopped after the {stop_after} stage", "",
                "No model was trained in this run, so there is no accuracy table.", ""]
     else:
-        out = method.report_sections(titled, metrics)
+        out = method.report_sections(titled, metrics) + method.run_sections(runs)
     if missing_features:
         out += [f"Features not available for this dataset: {', '.join(missing_features)}.", ""]
     if llm_stats:
@@ -324,7 +327,7 @@ def materialize_report(
     metrics = metrics_frame(dataset, runs)
     markdown = render_report(
         dataset, metrics, timings, {**paths, "report": str(path)}, llm_stats, missing_features, stop_after, method,
-        split_label,
+        split_label, runs,
     )
     if lake.find_artifact(path) is None:
         with lake.exclusive(path) as committed:

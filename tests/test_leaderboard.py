@@ -44,3 +44,13 @@ def test_llm_tokens_sums_prompt_and_completion(tmp_path):
         tmp_path / "responses.parquet")
     assert llm_tokens(tmp_path) == 18
     assert llm_tokens(None) is None
+
+
+def test_dre_headline_is_its_decoder_and_the_zero_shot_baseline_not_the_gnn_beside():
+    dre = {"method": "dre", "wall_s": 60.0, "llm_tokens": None, "runs": [
+        _run("dre", "llm", "dre", 0, 0.7), _run("dre", "llm-zero-shot", "zero-shot", 0, 0.3),
+        _run("tape", "gcn", "TA", 0, 0.88),  # the frozen-TA GCN beside it belongs to TAPE's rows
+    ]}
+    board = leaderboard_frame([dre])
+    assert board.select("method", "model", "variant").rows() == [("dre", "llm", "dre"),
+                                                                  ("dre", "llm-zero-shot", "zero-shot")]

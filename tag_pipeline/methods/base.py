@@ -93,6 +93,15 @@ class MethodConfig(BaseModel):
 
         return variant_table(self, dataset, metrics)
 
+    def run_sections(self, runs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Markdown lines read from the runs' own artifacts, after the accuracy part (none by
+        default; Dr.E shows a few nodes' chosen words).
+
+        Args:
+            runs: this flow run's summaries (``path``: each run's lake artifact).
+        """
+        return []
+
     def needs_llm(self, features: Sequence[str]) -> bool:
         """Whether the flow must read the LLM's answers before this method's stages: by default
         when the run's ``features`` include E or P (TAPE's)."""

@@ -127,6 +127,10 @@ class DreMethod(MethodConfig):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Decoder weights' dtype ('auto': bfloat16 on cuda, float32 on cpu); the GNN stays float32.")
     threads: int | None = Field(None, ge=1, description="torch threads (None: leave as is). Not in the key.")
+    gnns: bool = Field(True, description="Also train TAPE's GNNs (the run's models) on the same frozen TA feature "
+                       "and splits: the baseline beside Dr.E. Not in the key.")
+    report_nodes: int = Field(5, ge=0, description="Test nodes whose chosen words the report shows (seed with "
+                              "the lowest number). Not in the key.")
 
     title: ClassVar[str] = "Dr.E"
     reference: ClassVar[str] = "Liu et al., AAAI 2025, arXiv 2406.15504 (Llama-2-7B; here a small packaged decoder by default)"
@@ -138,19 +142,36 @@ class DreMethod(MethodConfig):
         return {"llm": 0.9132} if dataset == "cora" else {}
 
     def key_fields(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"threads", "eval_batch_size"})
+        return self.model_dump(mode="json", exclude={"threads", "eval_batch_size", "gnns", "report_nodes"})
 
     def report_sections(self, dataset: str, metrics: Any) -> list[str]:
         """The default variant table (``llm``: Dr.E, ``llm-zero-shot``: the baseline), worded for
-        Dr.E: accuracy after the last epoch, by constrained class-name scoring."""
-        from tag_pipeline.report import variant_table
+        Dr.E: accuracy after the last epoch, by constrained class-name scoring; then, when the
+        run trained them (``gnns``), TAPE's tables of the GNNs on the same frozen TA feature."""
+        import polars as pl
 
-        return [line.replace("(best epoch by validation accuracy)",
-                             "(after the last epoch; the class whose name the decoder finds likeliest)")
-                for line in variant_table(self, dataset, metrics)] + [
+        from tag_pipeline.report import tape_accuracy_section, variant_table
+
+        out = [line.replace("(best epoch by validation accuracy)",
+                            "(after the last epoch; the class whose name the decoder finds likeliest)")
+               for line in variant_table(self, dataset, metrics)] + [
             f"Decoder: `{self.decoder}`; {self.views} views x {self.codes_per_view} codes, "
             f"{'quantised into its words' if self.quantise else 'continuous (the ablation)'}; "
             f"{self.epochs} epoch(s). The chosen words per node: `tokens.parquet` in each run's folder.", ""]
+        tape = metrics.filter(pl.col("method") == "tape") if "method" in metrics.columns else metrics.head(0)
+        if not tape.is_empty():
+            out += ["## The baseline: TAPE's GNNs on the same frozen TA feature and splits", ""]
+            out += tape_accuracy_section(dataset, tape)[2:]
+        return out
+
+    def run_sections(self, runs: Sequence[Any]) -> list[str]:
+        """A few test nodes' chosen words (the paper's case study): from ``tokens.parquet`` and
+        ``predictions.parquet`` of the Dr.E run with the lowest seed, ``report_nodes`` rows."""
+        ours = sorted((r for r in runs if r.get("method") == "dre" and r.get("variant", r.get("feature")) == "dre"),
+                      key=lambda r: int(r["seed"]))
+        if not ours or not self.report_nodes:
+            return []
+        return words_section(Path(ours[0]["path"]), self.report_nodes)
 
     def torch_device(self):
         """The resolved ``torch.device``."""
@@ -563,7 +584,8 @@ def score_zero_shot(model, tokenizer, texts: Sequence[str], class_names: Sequenc
                     reduce: str = "sum", progress: Callable[[int], None] | None = None):
     """The zero-shot baseline: the base decoder, the node's text (first ``max_text_tokens``
     tokens) and the classes in the prompt, no graph tokens, constrained scoring
-    (:func:`score_classes`), one node per forward pass (no padding).
+    (:func:`score_classes`), one node per forward pass (no padding); ``progress`` is called
+    with the count of nodes done after each.
 
     Returns:
         ``[len(texts), C]`` float32 log-likelihoods.
@@ -630,7 +652,7 @@ def lora_config(cfg: DreMethod):
 
 def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMethod, *, seed: int,
             decoder, tokenizer, texts: Sequence[str] | None = None,
-            log: Callable[[str], None] | None = None) -> DreResult:
+            log: Callable[[str], None] | None = None, progress: bool = True) -> DreResult:
     """Train Dr.E on one split and score its validation and test nodes.
 
     Args:
@@ -649,7 +671,9 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
             dtype); it gets LoRA adapters for the run and loses them again at the end (``peft``'s
             ``unload``): its own weights are never changed. The GNN runs in float32 on the
             decoder's device.
-        log: called with a progress line per epoch.
+        log: called with a progress line per epoch (and every 50 steps).
+        progress: tqdm bars (stderr) over the zero-shot nodes, the training steps and the
+            scored nodes.
 
     Returns:
         :class:`DreResult`.
@@ -661,6 +685,7 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
     import torch
     from peft import get_peft_model
     from torch_geometric.utils import k_hop_subgraph
+    from tqdm.auto import tqdm
 
     seconds: dict[str, Any] = {"epochs": []}
     for p in decoder.parameters():
@@ -687,8 +712,9 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
     if cfg.zero_shot and texts is not None:
         start = time.perf_counter()
         decoder.eval()
-        zero = score_zero_shot(decoder, tokenizer, [texts[i] for i in scored.tolist()], class_names,
-                               cfg.max_text_tokens, cfg.class_score)
+        with tqdm(total=scored.numel(), desc="Dr.E zero-shot", unit="node", disable=not progress, leave=False) as bar:
+            zero = score_zero_shot(decoder, tokenizer, [texts[i] for i in scored.tolist()], class_names,
+                                   cfg.max_text_tokens, cfg.class_score, progress=lambda done: bar.update(1))
         seconds["zero_shot"] = time.perf_counter() - start
 
     torch.manual_seed(seed)
@@ -701,6 +727,9 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
         gen = torch.Generator().manual_seed(seed)
         losses: dict[str, list[float]] = {}
         steps_per_epoch: list[int] = []
+        per_epoch = math.ceil(train.numel() / cfg.batch_size)
+        per_epoch = min(per_epoch, cfg.max_steps) if cfg.max_steps is not None else per_epoch
+        bar = tqdm(total=cfg.epochs * per_epoch, desc="Dr.E training", unit="step", disable=not progress, leave=False)
         for epoch in range(cfg.epochs):
             start = time.perf_counter()
             enc.train()
@@ -729,6 +758,7 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
                 loss.backward()
                 opt.step()
                 steps += 1
+                bar.update(1)
                 for k_, v in {"lm": lm_loss, **aux}.items():
                     sums[k_] = sums.get(k_, 0.0) + float(v.detach())
                 if log and steps % 50 == 0:
@@ -742,6 +772,7 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
                 log(f"Dr.E epoch {epoch + 1}/{cfg.epochs}: {steps} steps, {seconds['epochs'][-1]:.1f} s, "
                     + ", ".join(f"{k_} {v[-1]:.4f}" for k_, v in losses.items()))
 
+        bar.close()
         # encode every node once (eval mode), then score val/test nodes
         start = time.perf_counter()
         enc.eval()
@@ -761,11 +792,13 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
         seconds["encode"] = time.perf_counter() - start
         start = time.perf_counter()
         rows = []
-        with torch.no_grad():
+        with torch.no_grad(), tqdm(total=scored.numel(), desc="Dr.E scoring", unit="node", disable=not progress,
+                                   leave=False) as bar:
             for s in range(0, scored.numel(), cfg.eval_batch_size):
                 nodes = scored[s: s + cfg.eval_batch_size].to(dev)
                 rows.append(score_classes(model, template.embed(emb, tokens[nodes]), template.class_ids, pad,
                                           cfg.class_score).cpu())
+                bar.update(nodes.numel())
         scores = torch.cat(rows) if rows else torch.zeros(0, len(class_names))
         seconds["score"] = time.perf_counter() - start
         trainable = {f"gnn.{k_}": v.detach().cpu().clone().contiguous() for k_, v in enc.state_dict().items()}
@@ -816,6 +849,45 @@ def tokens_frame(result: DreResult, tokenizer, split, num_nodes: int):
         cols[f"hop{t + 1}"] = [[decoded[int(i)] for i in row] for row in ids[:, t]]
         cols[f"hop{t + 1}_ids"] = [row.astype(np.int64).tolist() for row in ids[:, t]]
     return pl.DataFrame(cols)
+
+
+def words_section(run_path: str | Path, limit: int = 5) -> list[str]:
+    """Markdown lines: the first ``limit`` test nodes of one Dr.E run (by node id), each with its
+    label, Dr.E's prediction and its chosen words per view (``tokens.parquet``), then how many
+    distinct words the run used.
+
+    Args:
+        run_path: the run's lake artifact (:func:`dre_path`).
+        limit: rows shown.
+
+    Raises:
+        FileNotFoundError: the artifact lacks ``tokens.parquet`` or ``predictions.parquet``.
+    """
+    import polars as pl
+
+    from tag_pipeline import lake
+    from tag_pipeline.datasets import open_graph
+
+    run_path = Path(run_path)
+    manifest = lake.read_artifact(run_path, verify=False).manifest
+    names = open_graph(Path(manifest["inputs"]["graph"])).class_names
+    words = pl.read_parquet(run_path / TOKENS_FILE)
+    hops = [c for c in words.columns if c.startswith("hop") and not c.endswith("_ids")]
+    preds = pl.read_parquet(run_path / PREDICTIONS_FILE, columns=["node_id", "label", "pred"])
+    rows = words.join(preds, on="node_id").filter(pl.col("split") == "test").sort("node_id").head(limit)
+    usage = manifest.get("codebook_usage")
+    kind = "chosen codes" if usage else "nearest words of the continuous tokens"
+    out = [f"## Words standing for a node's neighbourhood ({kind}, `{run_path.name}`)", "",
+        "| node | label | Dr.E | " + " | ".join(f"{h[3:]}-hop words" for h in hops) + " |",
+        "|---|---|---|" + "---|" * len(hops)]
+    for r in rows.iter_rows(named=True):
+        out.append(f"| {r['node_id']} | {names[r['label']]} | {names[r['pred']]} | "
+                   + " | ".join(" ".join(r[h]) for h in hops) + " |")
+    distinct = words.select(pl.concat_list(hops).explode().n_unique()).item()
+    total = words.height * sum(len(words[h][0]) for h in hops)
+    out += ["", f"{distinct:,} distinct words among the {total:,} of all {words.height:,} nodes "
+            f"(`{run_path / TOKENS_FILE}`).", ""]
+    return out
 
 
 def scores_frame(nodes, scores, labels, split):

@@ -194,5 +194,14 @@ def test_dre_on_a_cora_slice_through_the_flow(prefect_harness, shared_data, tmp_
     assert 0.0 <= runs[0]["test_acc"] <= 1.0
     tokens = pl.read_parquet(Path(runs[0]["path"]) / "tokens.parquet")
     assert tokens.height == 40  # every node's words per view, readable by a person
-    assert "# Dr.E on cora" in out["markdown"]
-    assert sorted(p.name for p in (lake / "cora").iterdir()) == ["dre", "features", "graph", "report"]  # no LLM stage
+    md = out["markdown"]
+    assert "# Dr.E on cora" in md
+    # the baseline beside it: TAPE's GCN on the same frozen TA feature and split
+    gnn = [r for r in out["runs"] if r["method"] == "tape"]
+    assert [(r["model"], r["feature"], r["lm"], r["seed"]) for r in gnn] == [("gcn", "TA", "frozen", 0)]
+    assert "## The baseline: TAPE's GNNs on the same frozen TA feature" in md
+    # a few test nodes' words, as tokens.parquet has them
+    first = tokens.filter(pl.col("split") == "test").sort("node_id").row(0, named=True)
+    line = next(ln for ln in md.splitlines() if ln.startswith(f"| {first['node_id']} | "))
+    assert line.rstrip(" |").endswith(" ".join(first["hop2"]))
+    assert sorted(p.name for p in (lake / "cora").iterdir()) == ["dre", "features", "graph", "report", "train"]  # no LLM
