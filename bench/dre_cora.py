@@ -5,7 +5,7 @@
     python bench/dre_cora.py --decoder /models/Llama-2-7b-hf --epochs 20   # the paper's decoder (GPU machine)
 
 It prints the CPU model and flags first (a figure from one machine is not a figure for
-another), then Dr.E's and the zero-shot baseline's validation and test accuracy, the wall time
+another), then Dr.E's, the zero-shot baseline's and the frozen-TA GCN's validation and test accuracy, the wall time
 of each training epoch, of scoring and of the zero-shot pass (from the run's lake manifest), the
 flow's wall time and this process's peak RSS (the tag flow runs its tasks in this process), and
 a few nodes' chosen words (``tokens.parquet``). A rerun with the same arguments is a lake hit:
@@ -68,6 +68,8 @@ def main() -> None:
     print("|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} ({r['model']}) | {r['val_acc']:.4f} | {r['test_acc']:.4f} |")
+    for r in (r for r in out["runs"] if r.get("method") == "tape"):  # the baseline (method.gnns)
+        print(f"| {r['model'].upper()} on frozen {r['feature']} (TAPE's stage) | {r['val_acc']:.4f} | {r['test_acc']:.4f} |")
     print("| Dr.E paper (Llama-2-7B) | | 0.9132 |")
     if rows:
         from tag_pipeline import lake

@@ -253,6 +253,27 @@ def test_a_run_is_reproducible(decoder):
     assert a.losses == b.losses and torch.equal(a.scores, b.scores) and torch.equal(a.ids, b.ids)
 
 
+@needs_decoder
+def test_the_epoch_with_the_best_validation_accuracy_is_kept(decoder):
+    from types import SimpleNamespace
+
+    from tag_pipeline.methods.dre import run_dre
+
+    model, tok = decoder
+    x, ei = _path_graph(10)
+    split = SimpleNamespace(train=np.arange(4), val=np.arange(4, 8), test=np.arange(8, 10))
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    cfg = DreMethod(views=1, codes_per_view=2, epochs=3, max_steps=1, batch_size=2, zero_shot=False, lr=5e-2,
+                    gnn_lr=5e-2)
+    res = run_dre(x, ei, y, split, CLASSES, cfg, seed=0, decoder=model, tokenizer=tok)
+    vals = [h["val_acc"] for h in res.history]
+    assert [h["epoch"] for h in res.history] == [1, 2, 3] and len(res.losses["lm"]) == 3
+    assert len(set(vals)) > 1 and vals[-1] == max(vals) and res.best_epoch < 3  # a choice to make, not the last
+    assert res.best_epoch == 1 + vals.index(max(vals))  # the first of the best
+    kept = float((res.scores[:4].argmax(-1) == torch.as_tensor(y[4:8])).float().mean())
+    assert kept == pytest.approx(max(vals))  # the returned scores are that epoch's
+
+
 def test_negative_edges_are_non_edges_and_follow_only_their_generator():
     import random
 
