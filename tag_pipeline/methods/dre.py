@@ -143,7 +143,10 @@ class DreMethod(MethodConfig):
         return {"llm": 0.9132} if dataset == "cora" else {}
 
     def key_fields(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"threads", "eval_batch_size", "gnns", "report_nodes"})
+        fields = self.model_dump(mode="json", exclude={"threads", "eval_batch_size", "gnns", "report_nodes"})
+        if self.epochs > 1:  # runs of more than one epoch keep the best one on validation (before: the last)
+            fields["selection"] = "best-val"
+        return fields
 
     def report_sections(self, dataset: str, metrics: Any) -> list[str]:
         """The default variant table (``llm``: Dr.E, ``llm-zero-shot``: the baseline), worded for

@@ -77,6 +77,9 @@ def test_config_is_a_method_and_threads_stay_out_of_the_key():
 
     cfg = method_config({"name": "dre", "views": 2, "threads": 2})
     assert isinstance(cfg, DreMethod) and cfg.views == 2 and "threads" not in cfg.key_fields()
+    # the baseline GNNs and the report's rows do not change Dr.E's results; epoch selection does
+    assert DreMethod(gnns=False, report_nodes=0).key_fields() == DreMethod().key_fields()
+    assert "selection" not in DreMethod().key_fields() and DreMethod(epochs=2).key_fields()["selection"] == "best-val"
     with pytest.raises(ValueError):
         method_config({"name": "dre", "views": 4})
 
