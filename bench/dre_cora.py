@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--views", type=int, default=3)
     p.add_argument("--codes-per-view", type=int, default=3)
     p.add_argument("--continuous", action="store_true", help="the ablation: no quantisation")
+    p.add_argument("--commitment", choices=["euclidean", "cosine"], default="euclidean",
+                   help="commitment loss: VQ-VAE's MSE (default) or 1 - cosine (the lever)")
     p.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot baseline")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the Dr.E stage")
     args = p.parse_args()
@@ -53,6 +55,7 @@ def main() -> None:
           f"{os.cpu_count()} logical CPUs")
     method = DreMethod(decoder=args.decoder, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                        views=args.views, codes_per_view=args.codes_per_view, quantise=not args.continuous,
+                       commitment=args.commitment,
                        zero_shot=not args.no_zero_shot, threads=args.threads)
     print("method:", json.dumps(method.model_dump(mode="json")))
 

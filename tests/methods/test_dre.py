@@ -289,3 +289,21 @@ def test_negative_edges_are_non_edges_and_follow_only_their_generator():
     assert torch.equal(a, b) and a.shape[0] == 2 and a.shape[1] > 100
     pairs = set(map(tuple, ei.T.tolist()))
     assert all((i, j) not in pairs and i != j for i, j in a.T.tolist())
+
+
+def test_cosine_commitment_ignores_the_views_scale_and_euclidean_does_not():
+    from tag_pipeline.methods.dre import auxiliary_losses
+
+    h = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
+    q = h + 0.3 * torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
+    off = dict(feature_weight=0.0, label_weight=0.0, adjacency_weight=0.0)
+    none = torch.zeros(6, dtype=torch.bool)
+
+    def commitment(kind, scale):
+        out = {"h": [scale * h], "q": [scale * q]}
+        cfg = DreMethod(commitment=kind, **off)
+        return float(auxiliary_losses(None, out, None, torch.zeros(2, 0, dtype=torch.long), None, none, cfg)["commitment"])
+
+    assert commitment("cosine", 10.0) == pytest.approx(commitment("cosine", 1.0), rel=1e-5)
+    assert commitment("euclidean", 10.0) == pytest.approx(100 * commitment("euclidean", 1.0), rel=1e-5)
+    assert "commitment" not in DreMethod().key_fields() and DreMethod(commitment="cosine").key_fields()["commitment"] == "cosine"
