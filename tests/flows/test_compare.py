@@ -29,11 +29,15 @@ def test_compare_tape_and_gallon_on_the_same_splits(prefect_harness, shared_data
     assert (board["seeds"] == 2).all() and board["infer_ms_per_node"].null_count() == 0
     assert (board["llm_tokens"] > 0).all()  # TAPE's recorded answers carry their usage
     assert board["test_mean"].is_between(0, 1).all()
-    # GALLON found TAPE's GNNs in the lake: same splits, same teachers, no retraining
-    assert board.filter(pl.col("method") == "gallon")["wall_s"][0] < board.filter(pl.col("method") == "tape")["wall_s"][0]
     assert set(out["reports"]) == {"tape", "gallon"}
-    # every run behind the table is in its lineage (and so kept by `tag lake gc`)
     from tag_pipeline import lake
+
+    # GALLON's GNN teachers are TAPE's own runs, found in the lake (same splits, same keys): no
+    # new training artifact (a wall-time comparison here failed on a busy machine)
+    report_inputs = {m: lake.read_artifact(r).manifest["inputs"] for m, r in out["reports"].items()}
+    teachers = {v for k, v in report_inputs["gallon"].items() if not k.startswith("gallon:")}
+    assert teachers and teachers <= set(report_inputs["tape"].values())
+    # every run behind the table is in its lineage (and so kept by `tag lake gc`)
 
     inputs = set(lake.read_artifact(out["leaderboard"]).manifest["inputs"].values())
     reported = set()
