@@ -161,8 +161,8 @@ class DreMethod(MethodConfig):
     def report_sections(self, dataset: str, metrics: Any) -> list[str]:
         """The default variant table (``llm``: Dr.E, ``llm-zero-shot``: the baseline), worded for
         Dr.E: accuracy at the epoch with the best validation accuracy, by constrained class-name
-        scoring; then, when the
-        run trained them (``gnns``), TAPE's tables of the GNNs on the same frozen TA feature."""
+        scoring; then, when the run trained them (``gnns``), TAPE's tables of the GNNs on the
+        same frozen TA feature."""
         import polars as pl
 
         from tag_pipeline.report import tape_accuracy_section, variant_table
