@@ -158,12 +158,18 @@ def variant_table(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> li
 def leading_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> list[str]:
     """LEADING's report: its own accuracy per text feature (the implicit layer's logits), then
     TAPE's tables of the GNNs trained on LEADING's embeddings."""
-    out = variant_table(method, dataset, metrics)
+    return variant_table(method, dataset, metrics) + tape_gnn_section(
+        dataset, metrics, "## TAPE's GNNs on LEADING's TA/E embeddings (h_TAPE with TAPE's P)")
+
+
+def tape_gnn_section(dataset: str, metrics: pl.DataFrame, heading: str) -> list[str]:
+    """``heading`` and TAPE's tables (:func:`tape_accuracy_section`) of the TAPE runs among
+    another method's ``metrics`` (the GNNs it trained beside or on top of its own stage);
+    nothing when there are none."""
     tape = metrics.filter(pl.col("method") == "tape") if "method" in metrics.columns else metrics.head(0)
-    if not tape.is_empty():
-        out += ["## TAPE's GNNs on LEADING's TA/E embeddings (h_TAPE with TAPE's P)", ""]
-        out += tape_accuracy_section(dataset, tape)[2:]
-    return out
+    if tape.is_empty():
+        return []
+    return [heading, ""] + tape_accuracy_section(dataset, tape)[2:]
 
 
 GALLON_VARIANTS = (

@@ -166,9 +166,7 @@ class DreMethod(MethodConfig):
         Dr.E: accuracy at the epoch with the best validation accuracy, by constrained class-name
         scoring; then, when the run trained them (``gnns``), TAPE's tables of the GNNs on the
         same frozen TA feature."""
-        import polars as pl
-
-        from tag_pipeline.report import tape_accuracy_section, variant_table
+        from tag_pipeline.report import tape_gnn_section, variant_table
 
         out = [line.replace("(best epoch by validation accuracy)",
                             "(epoch with the best validation accuracy; the class whose name the decoder "
@@ -177,11 +175,8 @@ class DreMethod(MethodConfig):
             f"Decoder: `{self.decoder}`; {self.views} views x {self.codes_per_view} codes, "
             f"{'quantised into its words' if self.quantise else 'continuous (the ablation)'}; "
             f"{self.epochs} epoch(s). The chosen words per node: `tokens.parquet` in each run's folder.", ""]
-        tape = metrics.filter(pl.col("method") == "tape") if "method" in metrics.columns else metrics.head(0)
-        if not tape.is_empty():
-            out += ["## The baseline: TAPE's GNNs on the same frozen TA feature and splits", ""]
-            out += tape_accuracy_section(dataset, tape)[2:]
-        return out
+        return out + tape_gnn_section(dataset, metrics,
+                                      "## The baseline: TAPE's GNNs on the same frozen TA feature and splits")
 
     def run_sections(self, runs: Sequence[Any]) -> list[str]:
         """A few test nodes' chosen words (the paper's case study): from ``tokens.parquet`` and
@@ -718,6 +713,8 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
     from torch_geometric.utils import k_hop_subgraph
     from tqdm.auto import tqdm
 
+    from tag_pipeline.train import accuracy
+
     seconds: dict[str, Any] = {"epochs": []}
     for p in decoder.parameters():
         p.requires_grad_(False)
@@ -839,7 +836,7 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
             seconds["epochs"].append(time.perf_counter() - start)
             steps_per_epoch.append(steps)
             ev = evaluate()
-            val_acc = float((ev["scores"][:n_val].argmax(-1) == y_scored[:n_val]).float().mean()) if n_val else 0.0
+            val_acc = accuracy(ev["scores"], y_scored, torch.arange(n_val))
             history.append({"epoch": epoch + 1, "val_acc": val_acc, **{k_: v[-1] for k_, v in losses.items()}})
             if best is None or val_acc > best["val_acc"]:
                 best = {"val_acc": val_acc, "epoch": epoch + 1, **ev}
