@@ -30,7 +30,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -654,3 +654,152 @@ def files_digest(paths: list[Path | str], length: int = 16) -> str:
             h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
             h.update(file_sha256(f).encode())
     return h.hexdigest()[:length]
+
+
+# --- the one find-or-build mechanism of every stage ----------------------------------------
+
+#: Every :class:`Stage` declared by the library, by name (filled as modules define them).
+STAGES: dict[str, "Stage"] = {}
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a stage's build step hands :meth:`Stage.materialize` to commit.
+
+    Attributes:
+        write: writes the artifact's files into the temporary folder it is given (called
+            inside :func:`write_artifact`, so a failure commits nothing).
+        config: the config recorded in the manifest (pydantic model or JSON-able).
+        inputs: ``{name: path}`` of the artifacts (or raw files) it was built from.
+        rows: row count of the main table, if any.
+        extra: more JSON-able manifest fields (e.g. ``summary``).
+    """
+
+    write: Callable[[Path], None]
+    config: Any = None
+    inputs: Mapping[str, str] | None = None
+    rows: int | None = None
+    extra: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One artifact-producing step of the pipeline: its name, version, key and find-or-build.
+
+    Every stage of the library (graph, LLM answers, features, training, ensemble, each method,
+    prediction, report, leaderboard) declares one module-level ``Stage`` and goes through
+    :meth:`materialize`, which is the lake's only find-or-build: look the artifact up
+    (verified), else take the writer lock (:func:`exclusive`), look again (another writer may
+    have committed it meanwhile), build, commit atomically (:func:`write_artifact`), and
+    return ``read(path)`` of the committed artifact, so a lake hit and a fresh build return
+    the very same value. The key is :meth:`key` (the version first, then the parts that
+    decide the result); the Prefect cache key of the stage's task is a hash of the artifact
+    path this object gives (``tasks.stage_task_options``), so the two keys agree by
+    construction.
+
+    ``code`` names the modules whose code computes the artifact; ``tests/test_stage_versions.py``
+    digests them (docstrings and comments aside) and fails when they change while
+    ``version`` did not, so a change of results cannot keep an old key by oversight.
+
+    Args:
+        name: the lake folder (``<lake>/<dataset>/<folder>/...``) and the manifest's ``stage``.
+        version: bumped whenever what the stage computes changes (its keys move).
+        code: dotted module names whose code decides the artifact's contents.
+        folder: lake folder when it differs from ``name`` (fine-tuned features live beside
+            the frozen ones in ``features``).
+    """
+
+    name: str
+    version: int
+    code: tuple[str, ...] = ()
+    folder: str | None = None
+
+    def __post_init__(self) -> None:
+        known = STAGES.get(self.name)
+        if known is not None and known != self:
+            raise ValueError(f"stage {self.name!r} declared twice, differently: {known} and {self}")
+        STAGES[self.name] = self
+
+    def key(self, *parts: Any, length: int = 16) -> str:
+        """Lineage key: :func:`config_hash` of the version and ``parts`` (16 hex digits)."""
+        return config_hash(self.version, *parts, length=length)
+
+    def path(self, lake_root: Path | str, dataset: str, key: str, prefix: str = "") -> Path:
+        """``<lake_root>/<dataset>/<folder>/<prefix><key>``: where the artifact of ``key`` lives."""
+        return artifact_dir(lake_root, dataset, self.folder or self.name, f"{prefix}{key}")
+
+    def materialize(
+        self,
+        path: Path | str,
+        build: Callable[[], Built],
+        read: Callable[[Path], Any] | None = None,
+    ) -> Any:
+        """The artifact at ``path``: found in the lake, or built and committed once.
+
+        Args:
+            path: the artifact folder (from :meth:`path`).
+            build: computes the artifact and returns a :class:`Built`; called only when the
+                artifact is missing, under the writer lock.
+            read: maps the committed artifact's folder to the return value (default: the
+                folder itself), the same for a hit and a build.
+
+        Returns:
+            ``read(path)``.
+
+        Raises:
+            MissingArtifactError: inside :func:`lookup_only` when the artifact is missing.
+            OSError: the lock or the artifact cannot be written (see :func:`write_artifact`).
+            Whatever ``build`` raises (nothing is committed then).
+        """
+        path = Path(path)
+        read = read or (lambda p: p)
+        if find_artifact(path) is not None:
+            return read(path)
+        with exclusive(path) as committed:
+            if not committed:
+                built = build()
+                with write_artifact(
+                    path, stage=self.name, config=built.config, inputs=built.inputs, rows=built.rows,
+                    extra=built.extra,
+                ) as tmp:
+                    built.write(tmp)
+        return read(path)
+
+
+    def code_digest(self) -> str:
+        """sha256 (16 hex digits) of the code of :attr:`code`'s modules, docstrings and comments aside.
+
+        Each module (every ``.py`` of a package) is parsed and its syntax tree dumped without
+        line numbers and with docstrings removed, so reformatting, comments and docs leave the
+        digest alone and any change of what the code does moves it. Read by
+        ``tests/test_stage_versions.py``, never by a key (a key must not move on a refactor).
+
+        Raises:
+            ModuleNotFoundError: a name in :attr:`code` is not an importable module.
+        """
+        import ast
+        import importlib.util
+
+        h = hashlib.sha256()
+        for name in sorted(self.code):
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.origin is None:
+                raise ModuleNotFoundError(f"stage {self.name!r}: code module {name!r} not found")
+            origin = Path(spec.origin)
+            files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+            for f in files:
+                tree = ast.parse(f.read_text(), filename=str(f))
+                for node in ast.walk(tree):
+                    body = getattr(node, "body", None)
+                    if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                            and body and isinstance(body[0], ast.Expr)
+                            and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+                        node.body = body[1:] or [ast.Pass()]
+                rel = f.relative_to(origin.parent) if origin.name == "__init__.py" else Path(f.name)
+                h.update(f"{name}/{rel.as_posix()}".encode() + b"\0" + ast.dump(tree).encode() + b"\0")
+        return h.hexdigest()[:16]
+
+
+def dataset_of(path: Path | str) -> str:
+    """The dataset of an artifact folder ``<lake>/<dataset>/<folder>/<key>`` (its grandparent's name)."""
+    return Path(path).parents[1].name
