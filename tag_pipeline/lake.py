@@ -658,8 +658,43 @@ def files_digest(paths: list[Path | str], length: int = 16) -> str:
 
 # --- the one find-or-build mechanism of every stage ----------------------------------------
 
-#: Every :class:`Stage` declared by the library, by name (filled as modules define them).
-STAGES: dict[str, "Stage"] = {}
+_LOCATING: contextvars.ContextVar[bool] = contextvars.ContextVar("tag_lake_locating", default=False)
+
+
+class Located(BaseException):
+    """Raised by :meth:`Stage.materialize` inside :func:`locate`: carries the artifact's path.
+
+    A ``BaseException`` so that a stage function's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__(str(path))
+        self.path = path
+
+
+def locate(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Path | None:
+    """The lake path of the artifact ``fn(*args, **kwargs)`` would find or build, without either.
+
+    ``fn`` (a stage function, or a Prefect task's function that calls one) runs until its
+    first :meth:`Stage.materialize`, which stops it by raising :class:`Located` before looking
+    anything up: nothing is read from the artifact, built or written. This is how a stage
+    task's Prefect cache key is derived from the very key the lake uses (``tasks``), instead
+    of a second computation of it beside the first.
+
+    Returns:
+        The artifact folder, or ``None`` when ``fn`` returned without reaching a stage.
+
+    Raises:
+        Whatever ``fn`` raises before it reaches its stage (a missing input file, say).
+    """
+    token = _LOCATING.set(True)
+    try:
+        fn(*args, **kwargs)
+    except Located as found:
+        return found.path
+    finally:
+        _LOCATING.reset(token)
+    return None
 
 
 @dataclass(frozen=True)
@@ -714,12 +749,6 @@ class Stage:
     code: tuple[str, ...] = ()
     folder: str | None = None
 
-    def __post_init__(self) -> None:
-        known = STAGES.get(self.name)
-        if known is not None and known != self:
-            raise ValueError(f"stage {self.name!r} declared twice, differently: {known} and {self}")
-        STAGES[self.name] = self
-
     def key(self, *parts: Any, length: int = 16) -> str:
         """Lineage key: :func:`config_hash` of the version and ``parts`` (16 hex digits)."""
         return config_hash(self.version, *parts, length=length)
@@ -752,6 +781,8 @@ class Stage:
             Whatever ``build`` raises (nothing is committed then).
         """
         path = Path(path)
+        if _LOCATING.get():
+            raise Located(path)
         read = read or (lambda p: p)
         if find_artifact(path) is not None:
             return read(path)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -57,34 +57,35 @@ class LibrarySource(CachePolicy):
 
 
 @dataclass
-class Lineage(CachePolicy):
-    """Prefect cache policy keyed by the lake key of the artifact the task will produce.
+class StageLineage(CachePolicy):
+    """Prefect cache policy keyed by the lake path of the artifact the task will produce.
 
     The single source of truth for "already computed" is the lake's lineage key: it hashes the
     contents of what an artifact was built from (raw dataset files, recorded LLM answers, the
-    rendered prompt template, the encoder's weight files, the config). ``INPUTS`` sees a
-    dataset config holding *paths*, so after an edit of the nodes file (or of a template, or
-    of the weights at a model path) it would hand back the old result. With this policy in
-    the key, a task's cache key changes exactly when its artifact's lineage key does; the
-    digests behind it are memoised by file identity (:func:`tag_pipeline.lake.file_sha256`),
-    so computing it on a warm run re-reads nothing.
+    rendered prompt template, the encoder's weight files, the config, the numerics path).
+    ``INPUTS`` sees a dataset config holding *paths*, so after an edit of the nodes file (or of
+    a template, or of the weights at a model path) it alone would hand back the old result.
 
-    ``key_of`` maps the task's inputs (as passed, e.g. a :class:`DatasetConfig`) to the
-    artifact's lake path or key, using the library's own key functions. If it raises (a
-    missing file, say) the key is unique, so nothing cached is served and the task itself runs
-    and reports the error; Prefect would otherwise drop this part of the key and fall back to
-    ``INPUTS`` alone.
+    The key is not computed a second time here: the task's own function runs under
+    :func:`tag_pipeline.lake.locate` until it reaches its stage's
+    :meth:`~tag_pipeline.lake.Stage.materialize`, which reports the artifact path it was given
+    and stops (nothing is looked up, built or written). So a task's cache key changes exactly
+    when its artifact's lake key does, by construction; the digests behind that key are
+    memoised by file identity (:func:`tag_pipeline.lake.file_sha256`), so computing it on a
+    warm run re-reads nothing. If the function raises first (a missing file, say) the key is
+    unique, so nothing cached is served and the task itself runs and reports the error;
+    Prefect would otherwise drop this part of the key and fall back to ``INPUTS`` alone.
     """
 
-    key_of: Callable[[dict[str, Any]], Any] | None = None
-
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
-        if self.key_of is None:
+        fn = getattr(getattr(task_ctx, "task", None), "fn", None)
+        if fn is None:
             return None
         try:
-            return lake.config_hash(str(self.key_of(inputs)))
+            path = lake.locate(fn, **inputs)
         except Exception:
             return f"lineage-unavailable-{uuid.uuid4().hex}"
+        return None if path is None else lake.config_hash(str(path))
 
 
 def _lake_paths(value: Any, root: str) -> Iterator[Path]:
@@ -152,24 +153,24 @@ def worth_retrying(task, task_run, state) -> bool:
     return not isinstance(state.result(raise_on_failure=False), PERMANENT_ERRORS)
 
 
+def _stage_policy() -> CachePolicy:
+    """Every stage task's cache policy: its inputs, its source, the library's code and the lake
+    path of its artifact (:class:`StageLineage`), trusted only while that artifact verifies."""
+    return LakeArtifactsIntact(base=INPUTS - "build" + TASK_SOURCE + LibrarySource() + StageLineage())
+
+
 STAGE_TASK_OPTIONS = dict(
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=worth_retrying,
-    cache_policy=LakeArtifactsIntact(),
+    cache_policy=_stage_policy(),
     persist_result=True,
 )
 
 
-def stage_task_options(lineage: Callable[[dict[str, Any]], Any], **overrides: Any) -> dict[str, Any]:
-    """:data:`STAGE_TASK_OPTIONS` for a stage that reads from outside the lake (raw files,
-    templates, weights): its cache key also holds :class:`Lineage` of ``lineage``.
-
-    Stages whose inputs are lake paths only (P, training, ensemble) need no ``lineage``: those
-    paths already carry their upstream lineage keys.
-    """
-    base = INPUTS - "build" + TASK_SOURCE + LibrarySource() + Lineage(key_of=lineage)
-    return STAGE_TASK_OPTIONS | {"cache_policy": LakeArtifactsIntact(base=base)} | overrides
+def stage_task_options(**overrides: Any) -> dict[str, Any]:
+    """:data:`STAGE_TASK_OPTIONS` with some options overridden (e.g. more retries for the LLM)."""
+    return STAGE_TASK_OPTIONS | {"cache_policy": _stage_policy()} | overrides
 
 
 def reading(build: bool, stage: str):

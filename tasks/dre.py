@@ -7,20 +7,15 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run
 
-from tag_pipeline.methods.dre import DreMethod, dre_path, materialize_dre
-from tasks import reading, stage_task_options
+from tag_pipeline.methods.dre import DreMethod, materialize_dre
+from tasks import STAGE_TASK_OPTIONS, reading
 
 
 def _run_name() -> str:
     return f"dre-s{task_run.parameters['seed']}"
 
 
-def _lineage(inputs: dict) -> Path:
-    """The run's lake path (its key covers the TA feature artifact and the decoder's weights)."""
-    return dre_path(Path(inputs["graph"]), Path(inputs["features"]), inputs["seed"], inputs["method"], Path(inputs["lake"]))
-
-
-@task(name="train-dre", task_run_name=_run_name, **stage_task_options(_lineage))
+@task(name="train-dre", task_run_name=_run_name, **STAGE_TASK_OPTIONS)
 def train_dre(graph: str, features: str, seed: int, method: DreMethod, lake: str, build: bool = True) -> list[dict]:
     """One seed's Dr.E run (:func:`materialize_dre`) on the frozen TA feature ``features``: the
     ``dre`` and ``zero-shot`` summaries. ``build=False``: lookup only."""

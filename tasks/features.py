@@ -11,9 +11,8 @@ from tag_pipeline.features.stage import (
     materialize_prediction_feature,
     materialize_text_feature,
     missing_text_shards,
-    text_feature_path,
 )
-from tasks import STAGE_TASK_OPTIONS, reading, stage_task_options
+from tasks import STAGE_TASK_OPTIONS, reading
 
 
 def _opt_path(value: str | None) -> Path | None:
@@ -21,24 +20,7 @@ def _opt_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def _text_lineage(inputs: dict) -> Path:
-    """The TA/E artifact's lake path (its key covers the encoder's weight files)."""
-    return text_feature_path(
-        Path(inputs["graph"]), _opt_path(inputs["responses"]), inputs["feature"], inputs["lm"], Path(inputs["lake"])
-    )
-
-
-def _finetune_lineage(inputs: dict) -> Path:
-    """The fine-tuned feature's lake path (its key covers the seed's split and the weight files)."""
-    from tag_pipeline.finetune import finetuned_feature_path
-
-    return finetuned_feature_path(
-        Path(inputs["graph"]), _opt_path(inputs["responses"]), inputs["feature"], inputs["seed"],
-        inputs["finetune"], Path(inputs["lake"]),
-    )
-
-
-@task(name="embed-text", task_run_name="embed-{feature}", **stage_task_options(_text_lineage))
+@task(name="embed-text", task_run_name="embed-{feature}", **STAGE_TASK_OPTIONS)
 def embed_text(graph: str, responses: str | None, feature: str, lm: LMConfig, lake: str, build: bool = True) -> str:
     """Embed TA or E text with the LM; return the feature artifact path (``build=False``: lookup only)."""
     with reading(build, "features"):
@@ -64,7 +46,7 @@ def embed_text_shard_task(graph: str, responses: str | None, feature: str, lm: L
     return embed_text_shard(Path(graph), _opt_path(responses), feature, lm, Path(lake), index)
 
 
-@task(name="finetune-lm", task_run_name="finetune-{feature}-s{seed}", **stage_task_options(_finetune_lineage))
+@task(name="finetune-lm", task_run_name="finetune-{feature}-s{seed}", **STAGE_TASK_OPTIONS)
 def finetune_lm(
     graph: str, responses: str | None, feature: str, seed: int, finetune: FinetuneConfig, lake: str, build: bool = True
 ) -> str:

@@ -5,20 +5,15 @@ from pathlib import Path
 from prefect import task
 from prefect.runtime import task_run
 
-from tag_pipeline.methods.glem import GlemMethod, glem_path, materialize_glem
-from tasks import reading, stage_task_options
+from tag_pipeline.methods.glem import GlemMethod, materialize_glem
+from tasks import STAGE_TASK_OPTIONS, reading
 
 
 def _run_name() -> str:
     return f"glem-s{task_run.parameters['seed']}"
 
 
-def _lineage(inputs: dict) -> Path:
-    """The run's lake path (its key covers the LM's weight files)."""
-    return glem_path(Path(inputs["graph"]), inputs["seed"], inputs["method"], Path(inputs["lake"]))
-
-
-@task(name="train-glem", task_run_name=_run_name, **stage_task_options(_lineage))
+@task(name="train-glem", task_run_name=_run_name, **STAGE_TASK_OPTIONS)
 def train_glem(graph: str, seed: int, method: GlemMethod, lake: str, build: bool = True) -> list[dict]:
     """One seed's GLEM run (:func:`materialize_glem`): the LM's, the GNN's and the chosen
     predictor's summaries. ``build=False``: lookup only."""

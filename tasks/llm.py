@@ -13,15 +13,8 @@ from tag_pipeline.llm.stage import (
     check_failed_answers,
     materialize_responses,
     plan_llm_fan_out,
-    responses_path,
 )
 from tasks import reading, stage_task_options, worth_retrying
-
-
-def _responses_lineage(inputs: dict) -> Path:
-    """The answer set's lake path: answer files' contents (replay) or model, endpoint and the
-    rendered prompt template (online/offline)."""
-    return responses_path(Path(inputs["graph"]), inputs["dataset"], inputs["llm"], Path(inputs["lake"]))
 
 
 def _worth_retrying(task, task_run, state) -> bool:
@@ -35,7 +28,7 @@ def _worth_retrying(task, task_run, state) -> bool:
     name="query-llm",
     task_run_name="query-llm-{llm.backend}",
     **stage_task_options(
-        _responses_lineage, retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=_worth_retrying
+        retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=_worth_retrying
     ),
 )
 def query_llm(graph: str, dataset: DatasetConfig, llm: LLMConfig, lake: str, build: bool = True) -> str:
