@@ -73,7 +73,12 @@ def generation_params(cfg: OfflineLLMConfig) -> dict[str, Any]:
 
     Limits, budget, retries and ``max_reasks`` are left out: they decide whether an answer is
     obtained, not what it says (a failure cached under fewer re-asks is asked again with
-    ``reask_failed=True``).
+    ``reask_failed=True``). The numerics and the context do change answers: ``dtype`` (the
+    weights' arithmetic) and ``max_model_len`` (a shorter context cuts long prompts) enter
+    when set away from their defaults (``"auto"``, ``None``), so default keys are as before.
+    ``batch_size``, ``gpu_memory_utilization`` and ``tensor_parallel_size`` are how the batch
+    is scheduled: greedy answers can differ in rare ties from float rounding across batch
+    shapes, which the key does not follow (as for any GPU batch inference).
     """
     return {
         "temperature": cfg.temperature,
@@ -82,6 +87,8 @@ def generation_params(cfg: OfflineLLMConfig) -> dict[str, Any]:
         "max_tokens": cfg.max_tokens,
         "top_k": cfg.top_k,
         "structured": "json_schema",
+        **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {}),
+        **({"max_model_len": cfg.max_model_len} if cfg.max_model_len is not None else {}),
     }
 
 
