@@ -20,6 +20,11 @@ from tag_pipeline import lake
 from tag_pipeline.report import mean_std_cell
 
 LEADERBOARD_STAGE_VERSION = 1
+#: The comparison's artifact (lake folder and manifest stage ``compare``).
+LEADERBOARD_STAGE = lake.Stage(
+    "compare", LEADERBOARD_STAGE_VERSION,
+    code=("tag_pipeline.leaderboard", "tag_pipeline.report", "tag_pipeline.inference"),
+)
 LEADERBOARD_FILE = "leaderboard.parquet"
 LEADERBOARD_MD = "leaderboard.md"
 
@@ -185,19 +190,20 @@ def materialize_leaderboard(
                         infer_ms[path] = run_forward_ms_per_node(path, graph, timing_repeats)
     board = leaderboard_frame(results, infer_ms)
     markdown = render_leaderboard(dataset, board, seeds, split_label)
-    key = lake.config_hash(
-        LEADERBOARD_STAGE_VERSION, sorted(str(r["path"]) for res in results for r in res["runs"]),
-        [round(float(res["wall_s"]), 3) for res in results],
+    key = LEADERBOARD_STAGE.key(
+        sorted(str(r["path"]) for res in results for r in res["runs"]), [round(float(res["wall_s"]), 3) for res in results],
     )
-    path = lake.artifact_dir(lake_root, dataset, "compare", key)
-    if lake.find_artifact(path) is None:
-        with lake.exclusive(path) as committed:
-            if not committed:
-                # every run behind the table is an input: its lineage, and what `tag lake gc` keeps
-                runs = {f"{res['method']}:{r['model']}-{r.get('variant', r.get('feature'))}-s{r['seed']}-{r.get('lm', 'frozen')}":
-                        str(r["path"]) for res in results for r in res["runs"]}
-                with lake.write_artifact(path, stage="compare", config={"methods": [r["method"] for r in results]},
-                                         inputs={"graph": str(graph_path), **runs}, rows=board.height) as tmp:
-                    board.write_parquet(tmp / LEADERBOARD_FILE)
-                    (tmp / LEADERBOARD_MD).write_text(markdown)
-    return path, markdown, board
+    path = LEADERBOARD_STAGE.path(lake_root, dataset, key)
+
+    def write(tmp: Path) -> None:
+        board.write_parquet(tmp / LEADERBOARD_FILE)
+        (tmp / LEADERBOARD_MD).write_text(markdown)
+
+    def build() -> lake.Built:
+        # every run behind the table is an input: its lineage, and what `tag lake gc` keeps
+        runs = {f"{res['method']}:{r['model']}-{r.get('variant', r.get('feature'))}-s{r['seed']}-{r.get('lm', 'frozen')}":
+                str(r["path"]) for res in results for r in res["runs"]}
+        return lake.Built(write=write, config={"methods": [r["method"] for r in results]},
+                          inputs={"graph": str(graph_path), **runs}, rows=board.height)
+
+    return LEADERBOARD_STAGE.materialize(path, build, read=lambda p: (p, markdown, board))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 import pytest
 
@@ -54,3 +56,36 @@ def test_dre_headline_is_its_decoder_and_the_zero_shot_baseline_not_the_gnn_besi
     board = leaderboard_frame([dre])
     assert board.select("method", "model", "variant").rows() == [("dre", "llm", "dre"),
                                                                   ("dre", "llm-zero-shot", "zero-shot")]
+
+
+def test_materialize_leaderboard_key_and_hit(shared_data, tmp_path, monkeypatch):
+    """The comparison's lake key is that of before ``LEADERBOARD_STAGE`` (computed with commit
+    4183647's code), and a lake hit returns what the build returned."""
+    from tag_pipeline import lake
+    from tag_pipeline.config import DatasetConfig
+    from tag_pipeline.datasets import materialize_graph
+    from tag_pipeline.leaderboard import (
+        LEADERBOARD_FILE,
+        LEADERBOARD_MD,
+        materialize_leaderboard,
+    )
+
+    monkeypatch.chdir(tmp_path)  # the key hashes the runs' paths: relative ones, the same every time
+    root = Path("lake")
+    graph = materialize_graph(DatasetConfig(root=shared_data, subset=20), [0], root)
+    runs = []
+    for variant, seed, acc in (("lm", 0, 0.7), ("lm", 1, 0.8), ("gnn", 0, 0.75)):
+        path = root / "cora" / "glem" / f"{variant}-s{seed}"  # not a timed stage: no forward pass here
+        with lake.write_artifact(path, stage="glem") as tmp:
+            (tmp / "x.bin").write_bytes(b"\0")
+        runs.append({"method": "glem", "model": "gcn", "variant": variant, "seed": seed, "test_acc": acc,
+                     "val_acc": 0.5, "path": str(path)})
+    results = [{"method": "glem", "wall_s": 12.3456, "llm_tokens": None, "runs": runs}]
+    path, md, board = materialize_leaderboard("cora", graph, results, [0, 1], root)
+    assert path == root / "cora" / "compare" / "9a22c53c4157dc51"
+    art = lake.read_artifact(path)
+    assert art.manifest["stage"] == "compare" and art.manifest["rows"] == board.height == 2
+    assert art.manifest["inputs"]["glem:gcn-lm-s1-frozen"] == runs[1]["path"]
+    assert (path / LEADERBOARD_MD).read_text() == md and pl.read_parquet(path / LEADERBOARD_FILE).equals(board)
+    again = materialize_leaderboard("cora", graph, results, [0, 1], root)
+    assert again[0] == path and again[1] == md and again[2].equals(board)

@@ -189,3 +189,14 @@ def test_report_inputs_keep_frozen_and_finetuned_runs_apart(tmp_path):
     assert lake.read_artifact(path).manifest["inputs"] == {
         "gcn-TA-s0": "lake/train/frozen", "gcn-TA-s0-ft": "lake/train/finetuned",
     }
+
+
+def test_report_keys_are_those_of_before_the_stage_mechanism(tmp_path):
+    """The report's lake key must not move (computed with commit 4183647's code, before
+    ``REPORT_STAGE``): TAPE's without the method's name, other methods' with it."""
+    from tag_pipeline.methods import GallonMethod
+
+    path, _ = materialize_report("cora", RUNS, {"train": 3.0}, {"graph": "g"}, tmp_path)
+    assert path.name == "85fbb0a1afebc474"
+    path, _ = materialize_report("cora", RUNS, {"train": 3.0}, {"graph": "g"}, tmp_path, method=GallonMethod())
+    assert path.name == "2288149629da6afa" and lake.read_artifact(path).manifest["stage"] == "report"
