@@ -191,15 +191,17 @@ class LMConfig(_Config):
         "export of the same model on ONNX Runtime (CPU only, mean-pooling models only; float32, "
         "same vectors to |1 - cos| < 1e-6, ~1.3x faster on 2 cores; export cached under "
         "$TAG_ONNX_CACHE or data/cache/onnx); 'auto' = the fastest path whose vectors stay within "
-        "1e-3 cosine of float32 on this machine (see precision). Not part of the key.",
+        "1e-3 cosine of float32 on this machine (see precision). Not part of the key: torch and ONNX "
+        "Runtime in float32 agree to |1 - cos| < 1e-6 and share a key.",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Arithmetic of the encoder: 'fp32'; 'bf16' (torch autocast: a CUDA device, or a CPU "
         "with AVX512-BF16 or AMX-BF16); 'fp16' (CUDA only); 'auto' = bf16 where the device has it "
         "natively, else fp32 (with runtime 'auto': ONNX Runtime on a CPU without bf16). The path "
-        "taken and the CPU's flags are recorded in the feature artifact's manifest. Not part of "
-        "the key: every path agrees with fp32 to 1e-3 cosine.",
+        "taken and the CPU's flags are recorded in the feature artifact's manifest. Keyed as resolved "
+        "('auto' first becomes what this machine runs): fp32 paths share the key they always had, "
+        "bf16 and fp16 vectors get keys of their own.",
     )
     shard_size: int = Field(
         512,
@@ -391,7 +393,8 @@ class FinetuneConfig(_Config):
         "costs about k/L of full fine-tuning (L = 6 for MiniLM). None = every layer (TAPE). "
         "A CPU lever; left out of the key when None, so full fine-tuning keeps its key.",
     )
-    device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda' (not part of the key).")
+    device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda'. A CPU keeps the key it always had; "
+                        "another device type (CUDA kernels round differently) gets its own.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="Autocast precision: 'bf16' or 'fp16' (with a gradient scaler) on a CUDA device; "
