@@ -15,7 +15,8 @@ artifact) prints one line ``tag lake: error: ...`` to stderr and returns 2; anot
 instead, for a traceback. ``--artifact`` also publishes the table as a Prefect table artifact
 (``tag-lake-ls`` / ``tag-lake-gc``; needs a Prefect API: a server or the ephemeral one).
 
-The work is done by :mod:`tag_pipeline.lakeview`; this module only parses and prints.
+The work is done by :mod:`tag_pipeline.lakeview` (plain data) and the text by
+:mod:`tag_cli.lakeview_render`; this module only parses and prints.
 """
 
 from __future__ import annotations
@@ -102,37 +103,42 @@ def _publish(df, key: str, description: str) -> None:
 
 
 def _ls(args) -> None:
+    from tag_cli import lakeview_render as render
     from tag_pipeline import lakeview
 
     df = lakeview.list_artifacts(args.lake, dataset=args.dataset, stage=args.stage)
-    print(lakeview.render_artifacts(df, width=_width()), end="")
+    print(render.render_artifacts(df, width=_width()), end="")
     if args.artifact:
         what = " ".join(f"{k} {v}" for k, v in (("dataset", args.dataset), ("stage", args.stage)) if v)
         _publish(df, "tag-lake-ls", f"Artifacts of the lake {args.lake}" + (f" ({what})" if what else ""))
 
 
 def _show(args) -> None:
+    from tag_cli import lakeview_render as render
     from tag_pipeline import lakeview
 
-    print(lakeview.render_artifact(lakeview.show_artifact(_under_lake(args.path, args.lake)), width=_width()), end="")
+    print(render.render_artifact(lakeview.show_artifact(_under_lake(args.path, args.lake)), width=_width()), end="")
 
 
 def _node(args) -> None:
+    from tag_cli import lakeview_render as render
     from tag_pipeline import lakeview
 
     graph = _under_lake(args.graph, args.lake) if args.graph else None
     view = lakeview.node_view(args.lake, args.dataset, args.node_id, graph=graph)
-    print(lakeview.render_node(view, width=_width()), end="")
+    print(render.render_node(view, width=_width()), end="")
 
 
 def _diff(args) -> None:
+    from tag_cli import lakeview_render as render
     from tag_pipeline import lakeview
 
     diff = lakeview.diff_runs(_under_lake(args.a, args.lake), _under_lake(args.b, args.lake))
-    print(lakeview.render_diff(diff, width=_width()), end="")
+    print(render.render_diff(diff, width=_width()), end="")
 
 
 def _gc(args) -> None:
+    from tag_cli import lakeview_render as render
     from tag_pipeline import lakeview
 
     plan = lakeview.gc_plan(args.lake, keep_reports=args.keep_reports)
@@ -140,7 +146,7 @@ def _gc(args) -> None:
         _publish(plan, "tag-lake-gc", f"Garbage-collection plan of the lake {args.lake} "
                  f"(keep {args.keep_reports} report(s) per dataset){'; applied' if args.apply else '; dry run'}")
     freed = lakeview.apply_gc(plan) if args.apply else None
-    print(lakeview.render_gc_plan(plan, root=args.lake, width=_width(), applied=freed), end="")
+    print(render.render_gc_plan(plan, root=args.lake, width=_width(), applied=freed), end="")
 
 
 def _under_lake(path: str, lake: str) -> str:

@@ -42,16 +42,14 @@ from pydantic_settings import (
     SettingsError,
 )
 
+# EPHEMERAL_STARTUP_TIMEOUT_S stays importable from here: bench/pipeline.py reads it
+from tag_cli.runtime import EPHEMERAL_STARTUP_TIMEOUT_S, debug, prefect_defaults  # noqa: F401
 from tag_pipeline.config import PipelineConfig
 
 PROG = "tag"
 ENV_PREFIX = "TAG_"
-DEBUG_VAR = "TAG_DEBUG"
 USAGE_ERROR = 2  # exit status: bad command line, --config file or TAG_* variable
 RUN_ERROR = 1  # exit status: the flow failed
-# The in-process ephemeral Prefect server must start within this many seconds; Prefect's
-# default (20 s) is too short on a busy 2-core machine.
-EPHEMERAL_STARTUP_TIMEOUT_S = "300"
 
 USAGE = f"""\
 {PROG} [--config FILE.yaml] [--print-config] [overrides...]
@@ -408,7 +406,7 @@ def _validation_problems(exc: ValidationError, origins: _Origins) -> list[str]:
     return problems
 
 
-_CLI_PARSE = re.compile(r"^Parsing error encountered for (?P<field>[\w.]+): (?P<why>.*)$", re.S)
+_CLI_PARSE = re.compile(r"^Parsing error encountered for (?P<field>[\w.]+): (?P<why>.*)$", re.DOTALL)
 _SOURCE_PARSE = re.compile(r'^error parsing value for field "(?P<field>[^"]+)" from source "(?P<source>\w+)"')
 
 
@@ -446,8 +444,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     Results persist under ``.prefect/results`` and the ephemeral Prefect server gets
     ``EPHEMERAL_STARTUP_TIMEOUT_S`` to start, unless the environment says otherwise.
     """
-    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(Path(".prefect/results").resolve()))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
+    prefect_defaults()
     # Heartbeats as the deployments send them (prefect.yaml): a run pointed at the project's
     # server is watched by its zombie automation (deployments/automations.py), whose window
     # assumes 30 s heartbeats; Prefect's default, 180 s, would get a healthy run marked Crashed.
@@ -459,14 +456,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     return tag(**(params | {"lake": str(cfg.lake)}))
 
 
-def _debug() -> bool:
-    """Whether ``TAG_DEBUG`` asks for tracebacks (set and not ``0``, ``false`` or ``no``)."""
-    return os.environ.get(DEBUG_VAR, "").strip().lower() not in ("", "0", "false", "no")
-
-
 def _fail(problems: Sequence[str], status: int, exc: BaseException) -> int:
     """Print ``tag: error: ...`` once per problem (or the traceback under ``TAG_DEBUG``); return ``status``."""
-    if _debug():
+    if debug():
         traceback.print_exception(exc)
     else:
         for problem in problems:

@@ -11,10 +11,10 @@ failure one line and 1. ``TAG_DEBUG=1`` prints the traceback instead.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
-from pathlib import Path
+
+from tag_cli.runtime import debug, prefect_defaults
 
 PROG = "tag predict"
 USAGE_ERROR = 2
@@ -40,21 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _debug() -> bool:
-    return os.environ.get("TAG_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def main(argv: list[str]) -> int:
     """Run ``tag predict``; returns the exit status (0; 1 = the run failed; 2 = bad usage or input)."""
-    from tag_cli.main import EPHEMERAL_STARTUP_TIMEOUT_S
-
     try:
         args = build_parser().parse_args(argv)
     except ValueError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(Path(".prefect/results").resolve()))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
+    prefect_defaults()
     from tag_pipeline.datasets.base import DatasetError
     from tag_pipeline.lake import CorruptArtifactError, MissingArtifactError
 
@@ -64,7 +57,7 @@ def main(argv: list[str]) -> int:
         predict(nodes=args.nodes, edges=args.edges, run=args.run, dataset=args.dataset, method=args.method,
                 model=args.model, lake=args.lake)
     except Exception as exc:  # noqa: BLE001 - one line per failure
-        if _debug():
+        if debug():
             traceback.print_exception(exc)
         bad_input = isinstance(exc, (DatasetError, MissingArtifactError, CorruptArtifactError, ValueError))
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -1,11 +1,21 @@
 """Inference with trained runs of the lake: rebuild a model, time its forward pass, read its
 hidden layer. Used by GALLON (teacher representations, inference time), the leaderboard
-(inference ms per node of every method, measured side by side) and prediction for new nodes."""
+(inference ms per node of every method, measured side by side) and prediction for new nodes.
+
+This module knows training runs (``train``) and h_TAPE ensembles (``ensemble``) and imports
+no method: it sits below them (GALLON imports it). How to time a method's own artifact (a
+GALLON student) is handed to :func:`run_forward_ms_per_node` by its caller (``timers``).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+#: ``timer(run_path, graph, repeats) -> ms per node`` of one artifact (see :func:`run_forward_ms_per_node`).
+ForwardTimer = Callable[[str, Any, int], float]
 
 
 def forward_ms_per_node(fn, num_nodes: int, repeats: int) -> float:
@@ -75,24 +85,39 @@ def hidden_representation(model, x, op):
     return seen["h"].detach()
 
 
-def run_forward_ms_per_node(run_path: str | Path, graph, repeats: int = 20) -> float:
+def run_forward_ms_per_node(
+    run_path: str | Path, graph, repeats: int = 20, *, timers: Mapping[str, ForwardTimer] | None = None
+) -> float:
     """Inference ms per node of a training run (:func:`forward_ms_per_node` of its model on
     the whole graph), of an h_TAPE ensemble (the sum over its members: each runs once), or of
-    a GALLON artifact's student (its features only, no graph).
+    an artifact of another stage timed by ``timers[stage]`` (a GALLON artifact: its student,
+    on its features only).
+
+    Args:
+        run_path: the artifact (its manifest's ``stage`` says which kind).
+        graph: the dataset's graph (``num_nodes``, ``num_classes``, ``edge_index``).
+        repeats: timed forward passes (after one warm-up). (default: ``20``)
+        timers: ``{stage: timer(run_path, graph, repeats)}`` for the stages of methods, which
+            own their models (the leaderboard passes GALLON's); ``train`` and ``ensemble``
+            need none. (default: none)
 
     Raises:
-        KeyError / FileNotFoundError: not a training or ensemble artifact.
+        KeyError: a stage that is neither ``train``, ``ensemble`` nor in ``timers``.
+        FileNotFoundError: not an artifact.
     """
     from tag_pipeline import lake
 
+    timers = timers or {}
     manifest = lake.read_artifact(run_path, verify=False).manifest
-    if manifest.get("stage") == "gallon":  # the student (the plain MLP has its architecture)
-        from tag_pipeline.methods.gallon import load_student, load_student_inputs
-
-        student, info = load_student(run_path)
-        inputs = load_student_inputs(info["feature_paths"], info["features"], graph.num_nodes)
-        return forward_ms_per_node(lambda: student(inputs.dense, inputs.p), graph.num_nodes, repeats)
-    if manifest.get("stage") == "ensemble":
-        return sum(run_forward_ms_per_node(p, graph, repeats) for p in manifest["inputs"].values())
+    stage = manifest.get("stage")
+    if stage in timers:
+        return timers[stage](str(run_path), graph, repeats)
+    if stage == "ensemble":
+        return sum(run_forward_ms_per_node(p, graph, repeats, timers=timers) for p in manifest["inputs"].values())
+    if stage != "train":
+        raise KeyError(
+            f"{run_path}: cannot time a {stage!r} artifact here (train and ensemble runs, or stages "
+            f"given in timers: {sorted(timers)})"
+        )
     model, x, op = load_trained_model(run_path, graph)
     return forward_ms_per_node(lambda: model(x, op), graph.num_nodes, repeats)

