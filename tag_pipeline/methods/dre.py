@@ -82,13 +82,32 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from tag_pipeline import lake
 from tag_pipeline.methods.base import MethodConfig
 
-DRE_STAGE_VERSION = 1
+#: 2: commit db57baa changed what a run computes with the version left at 1: the adjacency
+#: loss's negative pairs are drawn by :func:`negative_edges` from the run's own generator (v1:
+#: PyG's ``negative_sampling`` on Python's global random state), so v1 artifacts hold other
+#: (and not reproducible) trained weights. The same bump takes ``device`` and ``dtype`` out of
+#: the key in favour of the resolved numerics path (:meth:`DreMethod.numerics`).
+DRE_STAGE_VERSION = 2
+#: One seed's Dr.E run: ``<lake>/<dataset>/dre/s<seed>-<key>``.
+DRE_STAGE = lake.Stage(
+    "dre",
+    DRE_STAGE_VERSION,
+    code=(
+        "tag_pipeline.methods.dre",  # codebook, quantisation, encoder, losses, prompt, scoring, training
+        "tag_pipeline.models.decoder",  # how the decoder's weights are loaded (GGUF de-quantised to the dtype)
+        "tag_pipeline.train",  # accuracy (the epoch chosen on validation)
+    ),
+)
 TOKENS_FILE = "tokens.parquet"
 PREDICTIONS_FILE = "predictions.parquet"
 ZERO_SHOT_FILE = "zero_shot_predictions.parquet"
 WEIGHTS_FILE = "trained.safetensors"
+
+#: the default numerics path (:meth:`DreMethod.numerics`), the one left out of the key
+CPU_FP32 = {"device": "cpu", "dtype": "float32"}
 
 #: the paper's prompt (Sec. 4.3), split around the classes and the codes of each view
 PROMPT_HEAD = "Given a node, you need to classify it among {classes}."
@@ -154,12 +173,36 @@ class DreMethod(MethodConfig):
         return {"llm": 0.9132} if dataset == "cora" else {}
 
     def key_fields(self) -> dict[str, Any]:
-        fields = self.model_dump(mode="json", exclude={"threads", "eval_batch_size", "gnns", "report_nodes"})
+        """The fields that decide a Dr.E run's result, and its numerics path when it is not
+        the CPU in float32.
+
+        Out of the key, execution only: ``threads`` (torch intra-op threads), ``eval_batch_size``
+        (nodes per scoring forward pass; the prompts have equal lengths, so batching pads
+        nothing), ``gnns`` (TAPE's GNNs beside Dr.E are artifacts of their own) and
+        ``report_nodes`` (rows of the report). ``device`` and ``dtype`` are not keyed as
+        written: ``"auto"`` is resolved first (:meth:`numerics`), and the resolved path enters
+        as ``numerics`` only when it is not the CPU in float32, so that ``auto``, ``cpu`` and
+        ``cpu`` + ``float32`` on a CPU share a key, while bfloat16/float16 and CUDA runs get
+        their own (which CUDA device, ``cuda:0`` or ``cuda:1``, is execution only).
+        ``commitment`` enters only when ``cosine`` and ``selection`` only for more than one
+        epoch, as before the version bump.
+        """
+        fields = self.model_dump(mode="json", exclude={"threads", "eval_batch_size", "gnns", "report_nodes",
+                                                       "device", "dtype"})
         if self.commitment == "euclidean":  # keys of runs from before the field existed stay valid
             del fields["commitment"]
         if self.epochs > 1:  # runs of more than one epoch keep the best one on validation (before: the last)
             fields["selection"] = "best-val"
+        numerics = self.numerics()
+        if numerics != CPU_FP32:  # the default path adds nothing to the key
+            fields["numerics"] = numerics
         return fields
+
+    def numerics(self) -> dict[str, str]:
+        """The resolved numerics path: ``{"device": "cpu" | "cuda", "dtype": "float32" |
+        "bfloat16" | "float16"}`` of the decoder (``"auto"`` resolved on this machine; the GNN
+        runs in float32 on the same device)."""
+        return {"device": self.torch_device().type, "dtype": str(self.torch_dtype()).removeprefix("torch.")}
 
     def report_sections(self, dataset: str, metrics: Any) -> list[str]:
         """The default variant table (``llm``: Dr.E, ``llm-zero-shot``: the baseline), worded for
@@ -665,6 +708,43 @@ class DreResult:
     best_epoch: int = 1
 
 
+def keep_best_epoch(best: dict | None, epoch: int, val_acc: float, state: dict) -> dict:
+    """Model selection on validation, one epoch at a time: the record of the epoch with the best
+    validation accuracy so far.
+
+    ``best`` is replaced only when ``val_acc`` is strictly higher, so of epochs with equal
+    validation accuracy the first is kept (a later epoch must be better, not as good).
+
+    Args:
+        best: the record so far (``None`` before the first epoch).
+        epoch: this epoch (1-based).
+        val_acc: its validation accuracy.
+        state: what the epoch produced and the run keeps if it is chosen (scores, words,
+            weights), copied by the caller.
+
+    Returns:
+        ``{"epoch", "val_acc", **state}`` of the chosen epoch (``best`` itself when kept).
+    """
+    if best is None or val_acc > best["val_acc"]:
+        return {**state, "epoch": epoch, "val_acc": val_acc}
+    return best
+
+
+def best_epoch(val_accs: Sequence[float]) -> int:
+    """The 1-based epoch :func:`keep_best_epoch` keeps for per-epoch validation accuracies
+    ``val_accs``: the first of the best.
+
+    Raises:
+        ValueError: an empty history.
+    """
+    if not val_accs:
+        raise ValueError("no epoch to choose from")
+    best = None
+    for epoch, val in enumerate(val_accs, start=1):
+        best = keep_best_epoch(best, epoch, val, {})
+    return best["epoch"]
+
+
 def lora_config(cfg: DreMethod):
     """``peft.LoraConfig`` on the attention's query and value projections."""
     from peft import LoraConfig
@@ -838,8 +918,7 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
             ev = evaluate()
             val_acc = accuracy(ev["scores"], y_scored, torch.arange(n_val))
             history.append({"epoch": epoch + 1, "val_acc": val_acc, **{k_: v[-1] for k_, v in losses.items()}})
-            if best is None or val_acc > best["val_acc"]:
-                best = {"val_acc": val_acc, "epoch": epoch + 1, **ev}
+            best = keep_best_epoch(best, epoch + 1, val_acc, ev)
             if log:
                 log(f"Dr.E epoch {epoch + 1}/{cfg.epochs}: {steps} steps, {seconds['epochs'][-1]:.1f} s, "
                     + ", ".join(f"{k_} {v[-1]:.4f}" for k_, v in losses.items()) + f", val acc {val_acc:.4f}")
@@ -858,20 +937,26 @@ def run_dre(x, edge_index, labels, split, class_names: Sequence[str], cfg: DreMe
 def dre_path(graph_path: str | Path, feature_path: str | Path, seed: int, cfg: DreMethod, lake_root: str | Path) -> Path:
     """Lake path of one seed's Dr.E run: ``<lake>/<dataset>/dre/s<seed>-<key>``; the key hashes
     the stage version, the graph's content and split, the TA feature artifact's name (its own
-    lineage), the seed, the config (less ``threads``, ``eval_batch_size``) and the decoder's
-    weight file digest.
+    lineage), the seed, the config (:meth:`DreMethod.key_fields`: less execution fields, plus
+    the numerics path when it is not the CPU in float32) and the decoder's weight file digest.
 
     Raises:
         tag_pipeline.models.decoder.DecoderNotFoundError: the decoder is missing.
     """
-    from tag_pipeline import lake
     from tag_pipeline.datasets import graph_content_key, split_key
     from tag_pipeline.models.decoder import decoder_digest
 
     graph_path = Path(graph_path)
-    key = lake.config_hash(DRE_STAGE_VERSION, f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}",
-                           Path(feature_path).name, seed, cfg.key_fields(), decoder_digest(cfg.decoder))
-    return lake.artifact_dir(lake_root, graph_path.parents[1].name, "dre", f"s{seed}-{key}")
+    key = DRE_STAGE.key(f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}",
+                        Path(feature_path).name, seed, cfg.key_fields(), decoder_digest(cfg.decoder))
+    return DRE_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"s{seed}-")
+
+
+def decoder_numerics(decoder) -> dict[str, str]:
+    """``{"device", "dtype"}`` of a loaded decoder's weights (its input embedding's), in the
+    form of :meth:`DreMethod.numerics`."""
+    w = decoder.get_input_embeddings().weight
+    return {"device": w.device.type, "dtype": str(w.dtype).removeprefix("torch.")}
 
 
 def tokens_frame(result: DreResult, tokenizer, split, num_nodes: int):
@@ -907,7 +992,6 @@ def words_section(run_path: str | Path, limit: int = 5) -> list[str]:
     """
     import polars as pl
 
-    from tag_pipeline import lake
     from tag_pipeline.datasets import open_graph
 
     run_path = Path(run_path)
@@ -964,35 +1048,39 @@ def materialize_dre(graph_path: str | Path, feature_path: str | Path, seed: int,
         seed: split and training seed.
         cfg: the method's config.
         lake_root: root of the lake.
-        decoder, tokenizer: an already loaded decoder (tests); default: load ``cfg.decoder``.
+        decoder, tokenizer: an already loaded decoder (tests); default: load ``cfg.decoder`` in
+            ``cfg``'s resolved device and dtype. A passed decoder must be on that device type
+            and in that dtype: the key says which numerics computed the run.
         log: progress lines.
 
     Returns:
-        summary dicts (``method``, ``model``, ``variant``, ``seed``, ``val_acc``, ``test_acc``, ``path``).
+        summary dicts (``method``, ``model``, ``variant``, ``seed``, ``val_acc``, ``test_acc``, ``path``),
+        the same for a lake hit and a fresh run.
 
     Raises:
-        ValueError: the dataset has no text, an empty split.
+        ValueError: the dataset has no text, an empty split, a passed decoder whose device type
+            or dtype is not ``cfg``'s (:meth:`DreMethod.numerics`).
         tag_pipeline.models.decoder.DecoderNotFoundError: the decoder is missing.
     """
     import torch
     from safetensors.torch import save_file
 
-    from tag_pipeline import lake
     from tag_pipeline.datasets import check_split, open_graph
     from tag_pipeline.features.store import read_feature
     from tag_pipeline.hardware import torch_threads
 
     graph_path = Path(graph_path)
+    numerics = cfg.numerics()
+    if decoder is not None and decoder_numerics(decoder) != numerics:
+        raise ValueError(f"Dr.E: the passed decoder runs {decoder_numerics(decoder)}, the config {numerics} "
+                         f"(device={cfg.device!r}, dtype={cfg.dtype!r}); the run's key must say its numerics")
     path = dre_path(graph_path, feature_path, seed, cfg, lake_root)
 
-    def summaries() -> list[dict]:
-        return [dict(s, path=str(path)) for s in lake.read_artifact(path, verify=False).manifest["summaries"]]
+    def summaries(p: Path) -> list[dict]:
+        return [dict(s, path=str(p)) for s in lake.read_artifact(p, verify=False).manifest["summaries"]]
 
-    if lake.find_artifact(path) is not None:
-        return summaries()
-    with lake.exclusive(path) as committed:
-        if committed:
-            return summaries()
+    def build() -> lake.Built:
+        nonlocal decoder, tokenizer
         graph = open_graph(graph_path)
         split = graph.splits[seed]
         check_split(split, seed, graph.name, graph.num_nodes)
@@ -1030,14 +1118,17 @@ def materialize_dre(graph_path: str | Path, feature_path: str | Path, seed: int,
             usage = {"distinct_codes": int(res.ids.unique().numel()), "codes": int(res.ids.numel())}
         extra = {"summaries": rows, "seconds": res.seconds, "steps_per_epoch": res.steps, "losses": res.losses,
                  "history": res.history, "best_epoch": res.best_epoch,
-                 "codebook_usage": usage,
+                 "codebook_usage": usage, "numerics": numerics,
                  "tokens": "chosen codes" if cfg.quantise else "nearest words of continuous tokens"}
-        with lake.write_artifact(path, stage="dre", config=cfg.key_fields(),
-                                 inputs={"graph": str(graph_path), "TA": str(feature_path)},
-                                 rows=graph.num_nodes, extra=extra) as tmp:
+
+        def write(tmp: Path) -> None:
             scores_frame(nodes, res.scores, graph.labels, split).write_parquet(tmp / PREDICTIONS_FILE)
             if res.zero_shot is not None:
                 scores_frame(nodes, res.zero_shot, graph.labels, split).write_parquet(tmp / ZERO_SHOT_FILE)
             tokens_frame(res, tokenizer, split, graph.num_nodes).write_parquet(tmp / TOKENS_FILE)
             save_file(res.trainable, str(tmp / WEIGHTS_FILE))
-        return [dict(r, path=str(path)) for r in rows]
+
+        return lake.Built(write=write, config=cfg.key_fields(), inputs={"graph": str(graph_path), "TA": str(feature_path)},
+                          rows=graph.num_nodes, extra=extra)
+
+    return DRE_STAGE.materialize(path, build, read=summaries)

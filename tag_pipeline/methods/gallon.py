@@ -48,9 +48,25 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 
+from tag_pipeline import lake
 from tag_pipeline.methods.base import MethodConfig
 
-GALLON_STAGE_VERSION = 1
+#: 2: commit 3aee73f changed what a student is distilled from, with the version left at 1: an
+#: h_TAPE teacher averaged in ``probs`` mode is read as log-probabilities (:func:`teacher_logits`;
+#: v1 applied the temperature to the probabilities themselves), and the alignment target is the
+#: teacher's TA member's hidden layer (v1: the mean of the members' unaligned hidden layers).
+GALLON_STAGE_VERSION = 2
+#: One seed's distillation: ``<lake>/<dataset>/gallon/s<seed>-<key>``.
+GALLON_STAGE = lake.Stage(
+    "gallon",
+    GALLON_STAGE_VERSION,
+    code=(
+        "tag_pipeline.methods.gallon",  # loss, student, LM-teacher head, grid and selection
+        "tag_pipeline.inference",  # the teacher members' hidden layers (alignment) and timing
+        "tag_pipeline.train",  # accuracy (selection on validation), read_logits, predictions_frame
+        "tag_pipeline.models",  # PredictionEncoder of the student; the teacher GNNs loaded for alignment
+    ),
+)
 STUDENT_WEIGHTS = "student.safetensors"
 MLP_WEIGHTS = "mlp.safetensors"
 LM_TEACHER_WEIGHTS = "lm_teacher.safetensors"
@@ -142,6 +158,14 @@ class GallonMethod(MethodConfig):
         return v
 
     def key_fields(self) -> dict[str, Any]:
+        """The fields that decide a distillation's result: all but ``timing_repeats``.
+
+        Out of the key: ``timing_repeats`` (forward passes timed for ``infer_ms_per_node``; the
+        predictions do not depend on it). Numerics: every GALLON computation (LM-teacher head,
+        students, teachers' hidden layers) runs on the CPU in float32, the default path, so no
+        numerics part is added and there is no device or precision field to key; the torch
+        thread count (:func:`materialize_gallon`'s ``threads``) is execution only.
+        """
         return self.model_dump(mode="json", exclude={"timing_repeats"})
 
     def published(self, dataset: str) -> dict[str, float]:
@@ -454,7 +478,6 @@ def load_student_inputs(feature_paths: Mapping[str, str], features: Sequence[str
     """
     import torch
 
-    from tag_pipeline import lake
     from tag_pipeline.features.store import read_feature
 
     missing = [f for f in features if f not in feature_paths]
@@ -494,7 +517,6 @@ def teacher_logits(path: str | Path):
     gives the probabilities back), so a temperature applies as to logits."""
     import torch
 
-    from tag_pipeline import lake
     from tag_pipeline.train import read_logits
 
     scores = read_logits(Path(path))
@@ -507,8 +529,6 @@ def teacher_logits(path: str | Path):
 def teacher_members(teacher: Mapping[str, Any]) -> list[str]:
     """Training-run paths behind a teacher summary: the h_TAPE ensemble's members (read from
     its manifest), or the run itself when it is a single training run."""
-    from tag_pipeline import lake
-
     manifest = lake.read_artifact(teacher["path"], verify=False).manifest
     if manifest.get("stage") == "ensemble":
         return [str(p) for p in manifest["inputs"].values()]
@@ -518,18 +538,56 @@ def teacher_members(teacher: Mapping[str, Any]) -> list[str]:
 def gallon_key(graph_id: str, teacher_path: str, feature_paths: Mapping[str, str], cfg: GallonMethod, seed: int) -> str:
     """Lineage key of one seed's distillation: stage version, graph content and split, the
     teacher's and the read features' artifact names (which carry their own lineage), the
-    seed and the method config (less execution details)."""
-    from tag_pipeline import lake
-
-    return lake.config_hash(
-        GALLON_STAGE_VERSION, graph_id, Path(teacher_path).name,
+    seed and the method config (:meth:`GallonMethod.key_fields`: less execution details)."""
+    return GALLON_STAGE.key(
+        graph_id, Path(teacher_path).name,
         {f: Path(p).name for f, p in sorted(feature_paths.items())}, seed, cfg.key_fields(),
     )
 
 
-def _summaries(path: Path) -> list[dict]:
-    from tag_pipeline import lake
+def teacher_seed(teacher: Mapping[str, Any]) -> int | None:
+    """The seed a teacher was trained on: its artifact's manifest (``summary.seed``) where the
+    artifact is there, else the summary's ``seed``; ``None`` when neither says.
 
+    Raises:
+        ValueError: the summary and its artifact's manifest disagree.
+    """
+    claimed = teacher.get("seed")
+    recorded = None
+    path = teacher.get("path")
+    if path is not None and (Path(path) / lake.MANIFEST).exists():
+        summary = lake.read_artifact(path, verify=False).manifest.get("summary") or {}
+        recorded = summary.get("seed")
+    if claimed is not None and recorded is not None and int(claimed) != int(recorded):
+        raise ValueError(f"GALLON teacher {path}: its summary says seed {claimed}, its artifact seed {recorded}")
+    seed = recorded if recorded is not None else claimed
+    return None if seed is None else int(seed)
+
+
+def check_teacher_seeds(teachers: Sequence[Mapping[str, Any]], seed: int) -> None:
+    """Refuse teachers of another seed than the student's: a teacher trained on seed ``s`` has
+    seen, among its train nodes, test nodes of seed ``seed``'s split, and distilling it would
+    carry their labels into the student.
+
+    Raises:
+        ValueError: a teacher was trained on another seed (the message names both seeds), or
+            its seed cannot be told.
+    """
+    for t in teachers:
+        s = teacher_seed(t)
+        if s is None:
+            raise ValueError(f"GALLON teacher {t.get('path', t)}: no seed in its summary or manifest; "
+                             f"the student's seed is {seed}")
+        if s != int(seed):
+            raise ValueError(
+                f"GALLON teacher {t.get('path', t.get('model'))} was trained on seed {s}, the student on seed "
+                f"{seed}: a teacher of another seed has seen this seed's test nodes in training"
+            )
+
+
+def _summaries(path: Path) -> list[dict]:
+    """The committed artifact's summaries, each with its ``path``: what a lake hit and a
+    build both return."""
     return [dict(s, path=str(path)) for s in lake.read_artifact(path, verify=False).manifest["summaries"]]
 
 
@@ -570,14 +628,14 @@ def materialize_gallon(
         ``test_acc``, ``infer_ms_per_node``, ``path`` ...).
 
     Raises:
-        ValueError: no teacher, a student feature not built, an empty split.
+        ValueError: no teacher, a teacher trained on another seed than ``seed`` (checked before
+            the lake is read: :func:`check_teacher_seeds`), a student feature not built, an
+            empty split.
     """
-    import numpy as np
     import polars as pl
     import torch
     from safetensors.torch import save_file
 
-    from tag_pipeline import lake
     from tag_pipeline.datasets import check_split, graph_content_key, open_graph, split_key
     from tag_pipeline.features.store import read_feature
     from tag_pipeline.hardware import torch_threads
@@ -585,16 +643,14 @@ def materialize_gallon(
     from tag_pipeline.train import accuracy, predictions_frame
 
     graph_path = Path(graph_path)
+    check_teacher_seeds(teachers, seed)
     teacher = choose_teacher(teachers, cfg.teacher)
     read = {f: p for f, p in feature_paths.items() if f in set(cfg.student_features) | set(cfg.lm_teacher_features)}
     graph_id = f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}"
     key = gallon_key(graph_id, teacher["path"], read, cfg, seed)
-    path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "gallon", f"s{seed}-{key}")
-    if lake.find_artifact(path) is not None:
-        return _summaries(path)
-    with lake.exclusive(path) as committed:
-        if committed:
-            return _summaries(path)
+    path = GALLON_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"s{seed}-")
+
+    def build() -> lake.Built:
         with torch_threads(threads):
             graph = open_graph(graph_path)
             split = graph.splits[seed]
@@ -663,12 +719,8 @@ def materialize_gallon(
             "in_dim": int(inputs.dense.shape[1]), "topk": inputs.topk, "num_classes": c,
             "class_names": list(graph.class_names),
         }
-        with lake.write_artifact(
-            path, stage="gallon", config=cfg.key_fields(),
-            inputs={"graph": str(graph_path), "teacher": str(teacher["path"]),
-                    **{f"features {f}": str(p) for f, p in read.items()}},
-            rows=graph.num_nodes, extra={"summaries": summaries, "student": student_info},
-        ) as tmp:
+
+        def write(tmp: Path) -> None:
             predictions_frame(best.logits, y, split).write_parquet(tmp / PREDICTION_FILES["student"])
             predictions_frame(plain.logits, y, split).write_parquet(tmp / PREDICTION_FILES["mlp"])
             predictions_frame(lm_fit.logits, y, split).write_parquet(tmp / PREDICTION_FILES["lm-teacher"])
@@ -676,7 +728,15 @@ def materialize_gallon(
             save_file({k: v.contiguous() for k, v in plain.state_dict.items()}, str(tmp / MLP_WEIGHTS))
             save_file({k: v.contiguous() for k, v in lm_fit.state_dict.items()}, str(tmp / LM_TEACHER_WEIGHTS))
             pl.DataFrame(grid).write_parquet(tmp / GRID_FILE)
-        return [dict(s, path=str(path)) for s in summaries]
+
+        return lake.Built(
+            write=write, config=cfg.key_fields(),
+            inputs={"graph": str(graph_path), "teacher": str(teacher["path"]),
+                    **{f"features {f}": str(p) for f, p in read.items()}},
+            rows=graph.num_nodes, extra={"summaries": summaries, "student": student_info},
+        )
+
+    return GALLON_STAGE.materialize(path, build, read=_summaries)
 
 
 def load_student(path: str | Path):
@@ -687,7 +747,6 @@ def load_student(path: str | Path):
     """
     from safetensors.torch import load_file
 
-    from tag_pipeline import lake
 
     art = lake.read_artifact(path)
     info = art.manifest["student"]

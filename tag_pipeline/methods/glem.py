@@ -35,9 +35,24 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from tag_pipeline import lake
 from tag_pipeline.methods.base import MethodConfig
 
 GLEM_STAGE_VERSION = 1
+#: One seed's GLEM run: ``<lake>/<dataset>/glem/s<seed>-<key>``.
+GLEM_STAGE = lake.Stage(
+    "glem",
+    GLEM_STAGE_VERSION,
+    code=(
+        "tag_pipeline.methods.glem",  # the EM loop, loaders, pseudo-node draw, LM embedding, choice on validation
+        "tag_pipeline.train",  # accuracy (the LM-or-GNN choice), predictions_frame
+    ),
+)
+#: GLEM's numerics: PyG's GLEM gets ``device`` and ``lm_dtype`` from here, fixed to the CPU in
+#: float32 (the default path of every stage: no numerics part in the key). A device or dtype
+#: field, if one is ever added, must enter the key when it is not this path (as Dr.E's does).
+GLEM_DEVICE = "cpu"
+GLEM_LM_DTYPE = "float32"
 
 
 class GlemMethod(MethodConfig):
@@ -70,6 +85,14 @@ class GlemMethod(MethodConfig):
     reference: ClassVar[str] = "Zhao et al., ICLR 2023, arXiv 2210.14709, via torch_geometric.llm.models.GLEM"
 
     def key_fields(self) -> dict[str, Any]:
+        """The fields that decide a GLEM run's result: all but ``threads``.
+
+        Out of the key: ``threads`` (torch intra-op threads: how fast, not what). In it:
+        ``lm_batch_size`` too, which sets the LM's training batches (and, as ``4 x``, the size
+        of its inference batches, which alone would be execution only). Numerics: the LM and the
+        GNN always run on the CPU in float32 (:data:`GLEM_DEVICE`, :data:`GLEM_LM_DTYPE`; PyG's
+        own default, bfloat16, is not used), the default path, so no numerics part is added.
+        """
         return self.model_dump(mode="json", exclude={"threads"})
 
 
@@ -162,7 +185,7 @@ def run_glem(texts: list[str], labels, edge_index, split, num_classes: int, cfg:
     gnn = GraphSAGE(in_channels=AutoConfig.from_pretrained(path).hidden_size, hidden_channels=cfg.gnn_hidden, num_layers=cfg.gnn_layers,
                     out_channels=num_classes, dropout=0.5)
     model = GLEM(lm_to_use=path, gnn_to_use=gnn, out_channels=num_classes, alpha=cfg.alpha, beta=cfg.beta,
-                 lm_dtype=torch.float32, lm_use_lora=False, device="cpu")
+                 lm_dtype=getattr(torch, GLEM_LM_DTYPE), lm_use_lora=False, device=GLEM_DEVICE)
     lm_opt = torch.optim.Adam(model.lm.parameters(), lr=cfg.lm_lr)
     gnn_opt = None
     seconds: dict[str, float] = {}
@@ -214,15 +237,19 @@ def run_glem(texts: list[str], labels, edge_index, split, num_classes: int, cfg:
 
 def glem_path(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_root: str | Path) -> Path:
     """Lake path of one seed's GLEM run: its key hashes the graph's content and split, the
-    seed, the config (less ``threads``) and the LM's weight files."""
-    from tag_pipeline import lake
+    seed, the config (:meth:`GlemMethod.key_fields`: less ``threads``) and the LM's weight files."""
     from tag_pipeline.datasets import graph_content_key, split_key
     from tag_pipeline.features.text import model_digest
 
     graph_path = Path(graph_path)
-    key = lake.config_hash(GLEM_STAGE_VERSION, f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}",
-                           seed, cfg.key_fields(), model_digest(cfg.lm))
-    return lake.artifact_dir(lake_root, graph_path.parents[1].name, "glem", f"s{seed}-{key}")
+    key = GLEM_STAGE.key(f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}",
+                         seed, cfg.key_fields(), model_digest(cfg.lm))
+    return GLEM_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"s{seed}-")
+
+
+def _summaries(path: Path) -> list[dict]:
+    """The committed run's summaries, each with its ``path``: what a lake hit and a build both return."""
+    return [dict(s, path=str(path)) for s in lake.read_artifact(path, verify=False).manifest["summaries"]]
 
 
 def materialize_glem(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_root: str | Path) -> list[dict]:
@@ -231,12 +258,15 @@ def materialize_glem(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_ro
     ``gnn_predictions.parquet`` and a manifest whose ``summaries`` hold the ``lm``, ``gnn``
     and ``glem`` (chosen) variants.
 
+    Returns:
+        the three summary dicts, each with the artifact's ``path`` (the same for a lake hit
+        and a fresh run).
+
     Raises:
         ValueError: the dataset has no text, or an empty split.
     """
     import torch
 
-    from tag_pipeline import lake
     from tag_pipeline.datasets import check_split, open_graph
     from tag_pipeline.hardware import torch_threads
     from tag_pipeline.train import accuracy, predictions_frame
@@ -244,14 +274,7 @@ def materialize_glem(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_ro
     graph_path = Path(graph_path)
     path = glem_path(graph_path, seed, cfg, lake_root)
 
-    def summaries() -> list[dict]:
-        return [dict(s, path=str(path)) for s in lake.read_artifact(path, verify=False).manifest["summaries"]]
-
-    if lake.find_artifact(path) is not None:
-        return summaries()
-    with lake.exclusive(path) as committed:
-        if committed:
-            return summaries()
+    def build() -> lake.Built:
         graph = open_graph(graph_path)
         if graph.text is None:
             raise ValueError(f"{graph_path}: dataset {graph.name!r} has no node text; GLEM needs it")
@@ -270,9 +293,13 @@ def materialize_glem(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_ro
         chosen = max(rows, key=lambda r: r["val_acc"])  # the LM on ties: listed first
         final = out["lm_logits"] if chosen["variant"] == "lm" else out["gnn_logits"]
         rows.append(row("glem", chosen["model"], final) | {"chosen": chosen["variant"]})
-        with lake.write_artifact(path, stage="glem", config=cfg.key_fields(), inputs={"graph": str(graph_path)},
-                                 rows=graph.num_nodes, extra={"summaries": rows, "seconds": out["seconds"]}) as tmp:
+
+        def write(tmp: Path) -> None:
             predictions_frame(final, y, split).write_parquet(tmp / "predictions.parquet")
             predictions_frame(out["lm_logits"], y, split).write_parquet(tmp / "lm_predictions.parquet")
             predictions_frame(out["gnn_logits"], y, split).write_parquet(tmp / "gnn_predictions.parquet")
-        return [dict(r, path=str(path)) for r in rows]
+
+        return lake.Built(write=write, config=cfg.key_fields(), inputs={"graph": str(graph_path)},
+                          rows=graph.num_nodes, extra={"summaries": rows, "seconds": out["seconds"]})
+
+    return GLEM_STAGE.materialize(path, build, read=_summaries)

