@@ -23,7 +23,7 @@ LEADERBOARD_STAGE_VERSION = 1
 #: The comparison's artifact (lake folder and manifest stage ``compare``).
 LEADERBOARD_STAGE = lake.Stage(
     "compare", LEADERBOARD_STAGE_VERSION,
-    code=("tag_pipeline.leaderboard", "tag_pipeline.report", "tag_pipeline.inference"),
+    code=("tag_pipeline.leaderboard", "tag_pipeline.report", "tag_pipeline.inference", "tag_pipeline.methods.gallon"),
 )
 LEADERBOARD_FILE = "leaderboard.parquet"
 LEADERBOARD_MD = "leaderboard.md"
@@ -177,6 +177,9 @@ def materialize_leaderboard(
     from tag_pipeline.datasets import open_graph
     from tag_pipeline.hardware import torch_threads
     from tag_pipeline.inference import run_forward_ms_per_node
+    from tag_pipeline.methods.gallon import student_forward_ms_per_node
+
+    timers = {"gallon": student_forward_ms_per_node}  # a method's own artifacts: the method times them
 
     graph = open_graph(Path(graph_path))
     infer_ms: dict[str, float] = {}
@@ -187,7 +190,7 @@ def materialize_leaderboard(
                 if path not in infer_ms:
                     stage = lake.read_artifact(path, verify=False).manifest.get("stage")
                     if stage in TIMED_STAGES:  # others (glem, leading): the figure they carry, if any
-                        infer_ms[path] = run_forward_ms_per_node(path, graph, timing_repeats)
+                        infer_ms[path] = run_forward_ms_per_node(path, graph, timing_repeats, timers=timers)
     board = leaderboard_frame(results, infer_ms)
     markdown = render_leaderboard(dataset, board, seeds, split_label)
     key = LEADERBOARD_STAGE.key(

@@ -755,3 +755,18 @@ def load_student(path: str | Path):
     student.load_state_dict(load_file(str(Path(path) / STUDENT_WEIGHTS)))
     student.eval()
     return student, info
+
+
+def student_forward_ms_per_node(path: str | Path, graph, repeats: int = 20) -> float:
+    """Inference ms per node of a committed GALLON artifact's student, on its features only (no
+    graph): :func:`tag_pipeline.inference.forward_ms_per_node` of :func:`load_student`. The
+    leaderboard's timer for ``gallon`` artifacts (:func:`tag_pipeline.inference.run_forward_ms_per_node`).
+
+    Raises:
+        FileNotFoundError / CorruptArtifactError: the artifact is missing or damaged.
+    """
+    from tag_pipeline.inference import forward_ms_per_node
+
+    student, info = load_student(path)
+    inputs = load_student_inputs(info["feature_paths"], info["features"], graph.num_nodes)
+    return forward_ms_per_node(lambda: student(inputs.dense, inputs.p), graph.num_nodes, repeats)
