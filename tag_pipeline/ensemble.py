@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from tag_pipeline import lake
+
 
 def ensemble_logits(outputs: Sequence[torch.Tensor], mode: str = "logits") -> torch.Tensor:
     """Average the outputs of models trained on different features.
@@ -39,6 +41,9 @@ def ensemble_logits(outputs: Sequence[torch.Tensor], mode: str = "logits") -> to
 
 
 ENSEMBLE_STAGE_VERSION = 1
+#: The h_TAPE stage: ``<lake>/<dataset>/ensemble/<model>-TAPE-s<seed>-<key>`` (its predictions
+#: are written by :func:`tag_pipeline.train.predictions_frame`, hence that module too).
+ENSEMBLE_STAGE = lake.Stage("ensemble", ENSEMBLE_STAGE_VERSION, code=("tag_pipeline.ensemble", "tag_pipeline.train"))
 
 
 def materialize_ensemble(graph_path, runs: Sequence[dict], mode: str, lake_root) -> dict:
@@ -60,7 +65,6 @@ def materialize_ensemble(graph_path, runs: Sequence[dict], mode: str, lake_root)
     """
     from pathlib import Path
 
-    from tag_pipeline import lake
     from tag_pipeline.datasets import open_graph
     from tag_pipeline.train import PREDICTIONS_FILE, accuracy, predictions_frame, read_logits, run_summary
 
@@ -69,13 +73,10 @@ def materialize_ensemble(graph_path, runs: Sequence[dict], mode: str, lake_root)
     graph_path = Path(graph_path)
     model, seed = runs[0]["model"], runs[0]["seed"]
     members = sorted(runs, key=lambda r: r["feature"])
-    key = lake.config_hash(ENSEMBLE_STAGE_VERSION, [Path(r["path"]).name for r in members], mode)
-    path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "ensemble", f"{model}-TAPE-s{seed}-{key}")
-    if lake.find_artifact(path) is not None:
-        return run_summary(path)
-    with lake.exclusive(path) as committed:
-        if committed:
-            return run_summary(path)
+    key = ENSEMBLE_STAGE.key([Path(r["path"]).name for r in members], mode)
+    path = ENSEMBLE_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"{model}-TAPE-s{seed}-")
+
+    def build() -> lake.Built:
         graph = open_graph(graph_path)
         split = graph.splits[seed]
         y = torch.from_numpy(graph.labels)
@@ -87,12 +88,13 @@ def materialize_ensemble(graph_path, runs: Sequence[dict], mode: str, lake_root)
             "val_acc": accuracy(scores, y, torch.from_numpy(split.val)),
             "test_acc": accuracy(scores, y, torch.from_numpy(split.test)),
         }
-        with lake.write_artifact(
-            path, stage="ensemble", config={"mode": mode},
-            inputs={r["feature"]: r["path"] for r in members}, rows=graph.num_nodes, extra={"summary": summary},
-        ) as tmp:
-            predictions_frame(scores, y, split).write_parquet(tmp / PREDICTIONS_FILE)
-        return dict(summary, path=str(path))
+        return lake.Built(
+            write=lambda tmp: predictions_frame(scores, y, split).write_parquet(tmp / PREDICTIONS_FILE),
+            config={"mode": mode}, inputs={r["feature"]: r["path"] for r in members}, rows=graph.num_nodes,
+            extra={"summary": summary},
+        )
+
+    return ENSEMBLE_STAGE.materialize(path, build, read=run_summary)
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,13 +40,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from tag_pipeline import hardware
+from tag_pipeline import hardware, lake
 from tag_pipeline.config import FINETUNE_EXECUTION_FIELDS, FinetuneConfig
 
 FINETUNE_STAGE_VERSION = 1
+#: The fine-tuned LM features: ``<lake>/<dataset>/features/<F>ft-s<seed>-<key>``, in the folder
+#: of the frozen ones and read like them; the manifest's ``stage`` says ``finetune``.
+FINETUNE_STAGE = lake.Stage(
+    "finetune",
+    FINETUNE_STAGE_VERSION,
+    code=("tag_pipeline.finetune", "tag_pipeline.features.stage", "tag_pipeline.features.store"),
+    folder="features",
+)
 #: The LM's logits in a fine-tuned feature artifact: one tensor ``logits`` ``[N, C]`` float32.
 LOGITS_FILE = "lm_logits.safetensors"
-#: Config fields that change how fast, not what, is computed: left out of the lineage key.
+#: Config fields that change how fast, not what, is computed: left out of the lineage key
+#: (``device`` enters it only as its type, where that is not the CPU: :func:`finetune_key`).
 EXECUTION_FIELDS = FINETUNE_EXECUTION_FIELDS
 TEXT_FEATURES = ("TA", "E")
 
@@ -480,16 +489,25 @@ def finetune_key(
 ) -> str:
     """Lineage key of a fine-tuned feature: stage version, feature, upstream artifact (graph
     content for TA, responses for E), seed, the seed's split (its labels are what the LM learns
-    from; :func:`tag_pipeline.datasets.split_key`), the config's result-deciding fields and the
-    digest of the starting weights (``weights``, :func:`tag_pipeline.features.text.model_digest`;
-    left out of the hash when ``None``)."""
+    from; :func:`tag_pipeline.datasets.split_key`), the config's result-deciding fields (the
+    autocast ``precision`` among them), the digest of the starting weights (``weights``,
+    :func:`tag_pipeline.features.text.model_digest`; left out of the hash when ``None``) and
+    the numerics path of the device: a part ``{"device": <torch device type>}`` when that is
+    not ``"cpu"`` (CUDA kernels do not reproduce the CPU's float rounding, and training
+    amplifies the difference), so CPU keys are those of before devices were keyed and
+    ``cuda`` / ``cuda:1`` share one. Computing it needs no GPU.
+
+    Raises:
+        RuntimeError: ``cfg.device`` is not a torch device string.
+    """
     fields = cfg.key_fields()
     if feature == "TA":
         fields.pop("e_text")
-    from tag_pipeline import lake
-
-    parts = [FINETUNE_STAGE_VERSION, feature, upstream, seed, split, fields] + ([weights] if weights else [])
-    return lake.config_hash(*parts)
+    parts = [feature, upstream, seed, split, fields] + ([weights] if weights else [])
+    device = torch.device(cfg.device).type
+    if device != "cpu":
+        parts.append({"device": device})
+    return FINETUNE_STAGE.key(*parts)
 
 
 def finetuned_feature_path(
@@ -497,13 +515,13 @@ def finetuned_feature_path(
 ) -> Path:
     """Where the fine-tuned TA/E feature of one seed lives: ``<lake>/<dataset>/features/<F>ft-s<seed>-<key>``.
 
-    The key (:func:`finetune_key`) hashes the upstream artifact, the seed's split, the recipe
-    and the digest of the encoder's files, so it changes with anything that changes the result.
+    The key (:func:`finetune_key`) hashes the upstream artifact, the seed's split, the recipe,
+    the digest of the encoder's files and the device type when it is not the CPU, so it
+    changes with anything that changes the result.
 
     Raises:
         ValueError: ``feature`` is not TA or E, E without responses, or no split for ``seed``.
     """
-    from tag_pipeline import lake
     from tag_pipeline.datasets import graph_content_key, split_key
     from tag_pipeline.features.text import model_digest
 
@@ -513,7 +531,7 @@ def finetuned_feature_path(
         raise ValueError("the E feature needs the LLM stage's responses")
     upstream = graph_content_key(graph_path) if feature == "TA" else Path(responses_path).name
     key = finetune_key(upstream, feature, seed, cfg, split=split_key(graph_path, seed), weights=model_digest(cfg.model))
-    return lake.artifact_dir(lake_root, Path(graph_path).parents[1].name, "features", f"{feature}ft-s{seed}-{key}")
+    return FINETUNE_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"{feature}ft-s{seed}-")
 
 
 def materialize_finetuned_feature(
@@ -542,7 +560,8 @@ def materialize_finetuned_feature(
         responses_path: LLM responses artifact directory (needed for ``E``).
         feature: ``"TA"`` or ``"E"``.
         seed: the split (``graph.splits[seed]``) and the fine-tuning seed.
-        cfg: the recipe; ``device``, ``threads`` and ``eval_batch_size`` do not enter the key.
+        cfg: the recipe; ``threads`` and ``eval_batch_size`` do not enter the key, and
+            ``device`` only as its type when that is not the CPU (:func:`finetune_key`).
         lake_root: root of the lake.
         progress: draw progress bars.
 
@@ -557,17 +576,13 @@ def materialize_finetuned_feature(
     """
     from safetensors.torch import save_file
 
-    from tag_pipeline import lake
     from tag_pipeline.datasets import check_split, open_graph
     from tag_pipeline.features.stage import feature_texts
     from tag_pipeline.features.store import write_feature
 
     path = finetuned_feature_path(graph_path, responses_path, feature, seed, cfg, lake_root)
-    if lake.find_artifact(path) is not None:
-        return path
-    with lake.exclusive(path) as committed:
-        if committed:
-            return path
+
+    def build() -> lake.Built:
         graph = open_graph(graph_path)
         split = graph.splits[seed]
         check_split(split, seed, graph.name, graph.num_nodes)
@@ -575,21 +590,25 @@ def materialize_finetuned_feature(
         res = finetune_node_classifier(
             texts, graph.labels, split.train, split.val, graph.num_classes, cfg, seed, progress=progress,
         )
-        inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
-        with lake.write_artifact(
-            path, stage="features", config=cfg, inputs=inputs, rows=res.x.shape[0],
-            extra={
-                "feature": feature, "dim": int(res.x.shape[1]), "seed": seed, "num_classes": graph.num_classes,
-                "best_epoch": res.best_epoch, "val_acc": res.val_acc, "train_acc": res.train_acc,
-                "history": res.history, "seconds": res.seconds, "lm": "finetuned",
-            },
-        ) as tmp:
+
+        def write(tmp: Path) -> None:
             write_feature(tmp, res.x, feature=feature, source=f"{cfg.model} fine-tuned, seed {seed}")
             save_file(
                 {"logits": res.logits.contiguous()}, str(tmp / LOGITS_FILE),
                 metadata={"feature": feature, "seed": str(seed), "shape": str(list(res.logits.shape))},
             )
-        return path
+
+        inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
+        return lake.Built(
+            write=write, config=cfg, inputs=inputs, rows=res.x.shape[0],
+            extra={
+                "feature": feature, "dim": int(res.x.shape[1]), "seed": seed, "num_classes": graph.num_classes,
+                "best_epoch": res.best_epoch, "val_acc": res.val_acc, "train_acc": res.train_acc,
+                "history": res.history, "seconds": res.seconds, "lm": "finetuned",
+            },
+        )
+
+    return FINETUNE_STAGE.materialize(path, build)
 
 
 def read_lm_logits(directory: Path) -> torch.Tensor:

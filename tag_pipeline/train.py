@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from tag_pipeline import lake
 from tag_pipeline.config import GNNConfig
 from tag_pipeline.datasets.base import Split
 from tag_pipeline.hardware import available_cores, torch_threads
@@ -145,6 +146,8 @@ def _train(model_name, x, edge_index, y, split, cfg, seed, num_classes, topk, sh
 # --- the training stage in the lake -------------------------------------------------------
 
 TRAIN_STAGE_VERSION = 1
+#: The training stage: ``<lake>/<dataset>/train/<model>-<feature>-s<seed>-<key>``.
+TRAIN_STAGE = lake.Stage("train", TRAIN_STAGE_VERSION, code=("tag_pipeline.train", "tag_pipeline.models"))
 #: Graphs this large show a progress bar over epochs by default (see :func:`materialize_training_run`).
 PROGRESS_MIN_NODES = 20_000
 PREDICTIONS_FILE = "predictions.parquet"
@@ -181,8 +184,6 @@ def read_logits(path: "Path") -> torch.Tensor:
 
 def run_summary(path: "Path") -> dict:
     """The summary a training or ensemble artifact's manifest carries (metrics, identity)."""
-    from tag_pipeline import lake
-
     return dict(lake.read_artifact(path, verify=False).manifest["summary"], path=str(path))
 
 
@@ -192,10 +193,8 @@ def training_key(graph_name: str, feature_name: str, model_name: str, seed: int,
     seed and the GNN settings that decide its result. ``threads`` and ``adjacency`` (how fast,
     not what) are left out, and of ``num_layers`` only this model's depth counts, so setting
     another model's depth retrains nothing else."""
-    from tag_pipeline import lake
-
     fields = cfg.model_dump(exclude={"threads", "workers", "adjacency", "num_layers"}) | {"num_layers": cfg.layers_for(model_name)}
-    return lake.config_hash(TRAIN_STAGE_VERSION, graph_name, feature_name, model_name, seed, fields)
+    return TRAIN_STAGE.key(graph_name, feature_name, model_name, seed, fields)
 
 
 def materialize_training_run(
@@ -228,19 +227,15 @@ def materialize_training_run(
 
     from safetensors.torch import save_file
 
-    from tag_pipeline import lake
     from tag_pipeline.datasets import check_split, graph_content_key, open_graph, split_key
     from tag_pipeline.features.store import read_feature
 
     graph_path, feature_path = Path(graph_path), Path(feature_path)
     graph_id = f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}"
     key = training_key(graph_id, feature_path.name, model_name, seed, cfg)
-    path = lake.artifact_dir(lake_root, graph_path.parents[1].name, "train", f"{model_name}-{feature}-s{seed}-{key}")
-    if lake.find_artifact(path) is not None:
-        return run_summary(path)
-    with lake.exclusive(path) as committed:
-        if committed:
-            return run_summary(path)
+    path = TRAIN_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"{model_name}-{feature}-s{seed}-")
+
+    def build() -> lake.Built:
         graph = open_graph(graph_path)
         check_split(graph.splits[seed], seed, graph.name, graph.num_nodes)
         lake.read_artifact(feature_path)
@@ -258,13 +253,17 @@ def materialize_training_run(
             "epochs_run": result.epochs_run, "train_acc": result.train_acc, "val_acc": result.val_acc,
             "test_acc": result.test_acc, "seconds": result.seconds,
         }
-        with lake.write_artifact(
-            path, stage="train", config=cfg, inputs={"graph": str(graph_path), "features": str(feature_path)},
-            rows=graph.num_nodes, extra={"summary": summary},
-        ) as tmp:
+
+        def write(tmp: Path) -> None:
             predictions_frame(result.logits, y, split).write_parquet(tmp / PREDICTIONS_FILE)
             save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp / WEIGHTS_FILE))
-        return dict(summary, path=str(path))
+
+        return lake.Built(
+            write=write, config=cfg, inputs={"graph": str(graph_path), "features": str(feature_path)},
+            rows=graph.num_nodes, extra={"summary": summary},
+        )
+
+    return TRAIN_STAGE.materialize(path, build, read=run_summary)
 
 
 def training_run_in_lake(
@@ -278,8 +277,6 @@ def training_run_in_lake(
     split) answers ``False``, left for the real call to report. Like the real call, it moves
     a corrupt artifact aside.
     """
-    from tag_pipeline import lake
-
     try:
         with lake.lookup_only("only asking whether the run is in the lake"):
             materialize_training_run(graph_path, feature_path, feature, model_name, seed, cfg, lake_root, progress=False)

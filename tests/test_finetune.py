@@ -111,7 +111,10 @@ def test_training_beats_the_untrained_head_and_pools_like_minilm(cora, base):
     from tag_pipeline.features.text import encode_texts
 
     frozen = _finetune(cora, cfg=CFG.model_copy(update={"lr": 0.0}))
-    reference = encode_texts(cora["texts"], CFG.model, max_length=CFG.max_length, show_progress=False)
+    # fine-tuning pools in float32 torch: compare with that path, not whatever `auto` picks here
+    reference = encode_texts(
+        cora["texts"], CFG.model, max_length=CFG.max_length, show_progress=False, runtime="torch", precision="fp32"
+    )
     assert (F.normalize(frozen.x, dim=-1) - reference).abs().max().item() <= 1e-5
     y = torch.from_numpy(cora["graph"].labels)
     train = torch.from_numpy(cora["split"].train)
@@ -157,7 +160,10 @@ def test_training_only_the_top_layers(cora, base):
 
     top = CFG.model_copy(update={"trainable_layers": 2})
     frozen = _finetune(cora, cfg=top.model_copy(update={"lr": 0.0}))
-    reference = encode_texts(cora["texts"], CFG.model, max_length=CFG.max_length, show_progress=False)
+    # fine-tuning pools in float32 torch: compare with that path, not whatever `auto` picks here
+    reference = encode_texts(
+        cora["texts"], CFG.model, max_length=CFG.max_length, show_progress=False, runtime="torch", precision="fp32"
+    )
     assert (F.normalize(frozen.x, dim=-1) - reference).abs().max().item() <= 1e-5
     trained = _finetune(cora, cfg=top)
     y = torch.from_numpy(cora["graph"].labels)

@@ -29,6 +29,8 @@ from tag_pipeline.datasets.base import (
 )
 
 GRAPH_STAGE_VERSION = 1
+#: The graph stage: ``<lake>/<dataset>/graph/<key>`` (nodes, edges, classes, splits).
+GRAPH_STAGE = lake.Stage("graph", GRAPH_STAGE_VERSION, code=("tag_pipeline.datasets",))
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,7 @@ def graph_key(cfg: DatasetConfig, seeds: list[int]) -> str:
         digest = lake.files_digest(raw_inputs(cfg))
     except FileNotFoundError as e:
         raise DatasetError(str(e)) from e
-    return lake.config_hash(GRAPH_STAGE_VERSION, opts, sorted(seeds), digest)
+    return GRAPH_STAGE.key(opts, sorted(seeds), digest)
 
 
 #: The graph artifact's files that hold the graph itself; ``splits.parquet`` is left out.
@@ -278,7 +280,7 @@ def graph_content_key(graph_path: Path | str) -> str:
     missing = [f for f in CONTENT_FILES if f not in files]
     if missing:
         raise lake.CorruptArtifactError(f"{graph_path}: the manifest lists no {', '.join(missing)}")
-    return lake.config_hash(GRAPH_STAGE_VERSION, {f: files[f]["sha256"] for f in CONTENT_FILES})
+    return GRAPH_STAGE.key({f: files[f]["sha256"] for f in CONTENT_FILES})
 
 
 def split_key(graph_path: Path | str, seed: int) -> str:
@@ -325,29 +327,25 @@ def materialize_graph(cfg: DatasetConfig, seeds: list[int], lake_root: Path) -> 
     Returns:
         The artifact directory (nodes/edges/classes/splits Parquet and a manifest).
     """
-    path = lake.artifact_dir(lake_root, cfg.lake_name, "graph", graph_key(cfg, seeds))
-    if lake.find_artifact(path) is not None:
-        return path
-    with lake.exclusive(path) as committed:
-        if committed:
-            return path
+    path = GRAPH_STAGE.path(lake_root, cfg.lake_name, graph_key(cfg, seeds))
+
+    def build() -> lake.Built:
         graph = load_dataset(cfg, seeds)
-        with lake.write_artifact(
-            path,
-            stage="graph",
+        return lake.Built(
+            write=lambda tmp: write_graph(graph, tmp),
             config=cfg,
             inputs={str(p): "raw" for p in raw_inputs(cfg)},
             rows=graph.num_nodes,
             extra={"num_edges": graph.num_edges, "num_classes": graph.num_classes, "seeds": sorted(seeds)},
-        ) as tmp:
-            write_graph(graph, tmp)
-        return path
+        )
+
+    return GRAPH_STAGE.materialize(path, build)
 
 
 def open_graph(path: Path) -> TAGraph:
     """Read a committed graph artifact (verified against its manifest)."""
     art = lake.read_artifact(path)
-    return read_graph(art.path, name=Path(path).parents[1].name)
+    return read_graph(art.path, name=lake.dataset_of(path))
 
 
 __all__ = [

@@ -5,10 +5,13 @@ Text embeddings are computed in shards (:mod:`tag_pipeline.features.shards`): ea
 with only the missing shards; the final artifact is assembled from them and committed
 atomically, and the shards are then removed.
 
-How the vectors were computed (runtime and precision, chosen once per stage by
-:func:`~tag_pipeline.features.text.encoder_path` from the machine's CPU flags or the config)
-is recorded in the artifact's manifest (``encoder``, ``cpu``), never in its key: every path
-stays within 1e-3 cosine of float32.
+How the vectors are computed (runtime and precision) is resolved once per stage by
+:func:`~tag_pipeline.features.text.encoder_path`, from the machine's CPU flags or the config,
+*before* the key is computed (``"auto"`` never reaches a key). Paths that agree with float32
+to ~1e-6 (torch fp32, ONNX fp32) share a key; a lower precision (bf16, fp16) is a numerics
+path of its own and gets its own key (a ``{"numerics": precision}`` part), so an fp32 lake
+is never served bf16 vectors, nor the reverse. The manifest records the resolved path and
+the CPU (``encoder``, ``cpu``) and the digest of the encoder's weights (``encoder_weights``).
 """
 
 from __future__ import annotations
@@ -34,10 +37,15 @@ from tag_pipeline.features.store import write_feature
 from tag_pipeline.features.text import EncoderPath, encode_texts, encoder_path, model_digest
 
 FEATURE_STAGE_VERSION = 1
-
-
-def _dataset_of(graph_path: Path) -> str:
-    return graph_path.parents[1].name
+#: The frozen-LM feature stage: ``<lake>/<dataset>/features/<F>-<key>`` (TA, E and P).
+FEATURE_STAGE = lake.Stage(
+    "features",
+    FEATURE_STAGE_VERSION,
+    code=(
+        "tag_pipeline.features.stage", "tag_pipeline.features.text", "tag_pipeline.features.onnx_encoder",
+        "tag_pipeline.features.shards", "tag_pipeline.features.store", "tag_pipeline.llm.store",
+    ),
+)
 
 
 def feature_texts(graph_path: Path, responses_path: Path | None, feature: str, e_text: str = "auto") -> list[str]:
@@ -72,41 +80,76 @@ def feature_texts(graph_path: Path, responses_path: Path | None, feature: str, e
     raise ValueError(f"feature {feature!r} is not a text feature (TA or E)")
 
 
-def text_feature_path(graph_path: Path, responses_path: Path | None, feature: str, lm: LMConfig, lake_root: Path) -> Path:
+def resolve_encoder(lm: LMConfig) -> EncoderPath:
+    """The concrete encoder path (runtime, precision) of ``lm`` on this machine.
+
+    :func:`~tag_pipeline.features.text.encoder_path` of ``lm``'s ``model``, ``device``,
+    ``runtime`` and ``precision``; ``"auto"`` is resolved here (CPU flags, model pipeline).
+    Call it once per stage and pass the result on, so that the key and the embedding follow
+    the same path.
+
+    Raises:
+        ValueError: a combination no path runs (fp16 off CUDA, ONNX in bf16/fp16...).
+    """
+    return encoder_path(lm.model, device=lm.device, runtime=lm.runtime, precision=lm.precision)
+
+
+def text_feature_path(
+    graph_path: Path,
+    responses_path: Path | None,
+    feature: str,
+    lm: LMConfig,
+    lake_root: Path,
+    how: EncoderPath | None = None,
+) -> Path:
     """Where the TA or E artifact of this encoder config lives: ``<lake>/<dataset>/features/<F>-<key>``.
 
     The key hashes the stage version, the feature, the upstream artifact (the graph's content,
-    :func:`~tag_pipeline.datasets.graph_content_key`, for TA: not its splits; LLM answers for E)
-    and the encoder config but for ``device``, ``batch_size``, ``shard_size``, ``runtime`` and
-    ``precision`` (how, not what, is computed: rows agree to 1e-3 cosine, float32's rounding
-    for the float32 paths; ``e_text`` too for TA),
-    and the digest of the encoder's files (:func:`~tag_pipeline.features.text.model_digest`):
-    new weights at the same path re-embed.
+    :func:`~tag_pipeline.datasets.graph_content_key`, for TA: not its splits; LLM answers for E),
+    the encoder config but for ``device``, ``batch_size``, ``shard_size``, ``runtime`` and
+    ``precision`` (``e_text`` too for TA), the digest of the encoder's files
+    (:func:`~tag_pipeline.features.text.model_digest`: new weights at the same path re-embed),
+    and the numerics path: the resolved precision (``how``) as a part ``{"numerics":
+    precision}`` when it is not ``"fp32"``. So every float32 path (torch or ONNX, which agree
+    to ~1e-6) shares one key, the very key of before numerics were keyed, while bf16 and fp16
+    get keys of their own; ``"auto"`` has the key of what it resolves to on this machine.
+
+    Args:
+        graph_path: graph artifact directory.
+        responses_path: LLM responses artifact directory (``E``), else ``None``.
+        feature: ``"TA"`` or ``"E"``.
+        lm: the encoder config.
+        lake_root: root of the lake.
+        how: ``lm``'s resolved encoder path, if the caller has it (default:
+            :func:`resolve_encoder` of ``lm``).
+
+    Raises:
+        ValueError: ``lm``'s runtime and precision name no path on this machine (see
+            :func:`resolve_encoder`).
     """
+    how = resolve_encoder(lm) if how is None else how
     upstream = graph_content_key(graph_path) if feature == "TA" else responses_path.name if responses_path else None
-    how = {"device", "batch_size", "shard_size", "runtime", "precision"} | ({"e_text"} if feature == "TA" else set())
-    key = lake.config_hash(
-        FEATURE_STAGE_VERSION, feature, upstream, lm.model_dump(mode="json", exclude=how), model_digest(lm.model)
-    )
-    return lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"{feature}-{key}")
+    execution = {"device", "batch_size", "shard_size", "runtime", "precision"}
+    if feature == "TA":
+        execution.add("e_text")
+    parts = [feature, upstream, lm.model_dump(mode="json", exclude=execution), model_digest(lm.model)]
+    if how.precision != "fp32":
+        parts.append({"numerics": how.precision})
+    return FEATURE_STAGE.path(lake_root, lake.dataset_of(graph_path), FEATURE_STAGE.key(*parts), prefix=f"{feature}-")
 
 
-def _encoder(lm: LMConfig) -> tuple[Callable[[list[str]], torch.Tensor], EncoderPath]:
-    """The encoder of ``lm`` for one stage: ``(encode, path)``.
-
-    The path (runtime and precision) is resolved here, once (:func:`encoder_path`: CPU flags,
-    model pipeline), and every shard's ``encode(texts) -> [len(texts), dim]`` float32 call
-    runs it with those concrete values (no progress bar).
-    """
-    path = encoder_path(lm.model, device=lm.device, runtime=lm.runtime, precision=lm.precision)
+def _encoder(lm: LMConfig, how: EncoderPath) -> Callable[[list[str]], torch.Tensor]:
+    """The encoder of ``lm`` on the resolved path ``how`` (:func:`resolve_encoder`):
+    ``encode(texts) -> [len(texts), dim]`` float32, run with ``how``'s concrete runtime and
+    precision for every shard (no progress bar)."""
 
     def encode(chunk: list[str]) -> torch.Tensor:
         return encode_texts(
             chunk, lm.model, max_length=lm.max_length, batch_size=lm.batch_size, device=lm.device,
-            show_progress=False, runtime=path.runtime, precision=path.precision,
+            show_progress=False, runtime=how.runtime, precision=how.precision,
         )
 
-    return encode, path
+    return encode
 
 
 def encoder_manifest(path: EncoderPath) -> dict:
@@ -148,10 +191,10 @@ def embed_text_shard(
     Raises:
         IndexError: no such shard; ValueError, OSError: see :func:`materialize_text_feature`.
     """
-    path = text_feature_path(graph_path, responses_path, feature, lm, lake_root)
+    how = resolve_encoder(lm)
+    path = text_feature_path(graph_path, responses_path, feature, lm, lake_root, how=how)
     texts = feature_texts(graph_path, responses_path, feature, lm.e_text)
-    encode, _ = _encoder(lm)
-    return embed_shard(texts, encode, shard_folder(path), index, shard_size=lm.shard_size)
+    return embed_shard(texts, _encoder(lm, how), shard_folder(path), index, shard_size=lm.shard_size)
 
 
 def materialize_text_feature(
@@ -178,8 +221,10 @@ def materialize_text_feature(
         graph_path: graph artifact directory.
         responses_path: LLM responses artifact directory (needed for ``E``).
         feature: ``"TA"`` or ``"E"``.
-        lm: the encoder config (``device``, ``batch_size``, ``shard_size``, ``runtime`` and
-            ``precision`` do not enter the key).
+        lm: the encoder config (``device``, ``batch_size`` and ``shard_size`` do not enter
+            the key; ``runtime`` and ``precision`` enter it only as the resolved precision when
+            that is not fp32, see :func:`text_feature_path`). Resolved once
+            (:func:`resolve_encoder`): the key and every shard follow the same path.
         lake_root: root of the lake.
         shard_size: nodes per committed shard; an execution detail, not part of the key.
             (default: ``lm.shard_size``, 512)
@@ -189,33 +234,31 @@ def materialize_text_feature(
         Artifact directory ``<lake>/<dataset>/features/<feature>-<key>`` with
         ``features.safetensors`` and ``index.parquet``; its manifest records the encoder path
         (``encoder``: runtime, precision, reason) and the CPU (``cpu``: model, flags) of the
-        committing process (:func:`encoder_manifest`).
+        committing process (:func:`encoder_manifest`), and the digest of the encoder's files
+        (``encoder_weights``, :func:`~tag_pipeline.features.text.model_digest`; ``None`` for
+        a hub name), which pin the encoder for whoever embeds new text like these rows.
 
     Raises:
-        ValueError: see :func:`feature_texts`.
+        ValueError: see :func:`feature_texts` and :func:`resolve_encoder`.
         OSError: a shard or the artifact could not be written (the message names the path and
             the reason, e.g. ``No space left on device (ENOSPC)``); committed shards are kept
             and no artifact is committed.
     """
-    path = text_feature_path(graph_path, responses_path, feature, lm, lake_root)
+    how = resolve_encoder(lm)  # once: the key and every shard follow this path
+    path = text_feature_path(graph_path, responses_path, feature, lm, lake_root, how=how)
     shards = shard_folder(path)
-    if lake.find_artifact(path) is not None:
-        if shards.exists():  # killed after the commit, before the clean-up
-            remove_shards(shards)
-        return path
-    with lake.exclusive(path) as committed:
-        if committed:
-            return path
+    shard_size = lm.shard_size if shard_size is None else shard_size
+
+    def build() -> lake.Built:
         texts = feature_texts(graph_path, responses_path, feature, lm.e_text)
-        shard_size = lm.shard_size if shard_size is None else shard_size
-        encode, how = _encoder(lm)
         sharded = embed_in_shards(
-            texts, encode, shards, shard_size=shard_size, progress=progress, desc=f"embed {feature}"
+            texts, _encoder(lm, how), shards, shard_size=shard_size, progress=progress, desc=f"embed {feature}"
         )
         x = sharded.x
         inputs = {"graph": str(graph_path)} | ({"responses": str(responses_path)} if feature == "E" else {})
-        with lake.write_artifact(
-            path, stage="features", config=lm, inputs=inputs, rows=x.shape[0],
+        return lake.Built(
+            write=lambda tmp: write_feature(tmp, x, feature=feature, source=lm.model),
+            config=lm, inputs=inputs, rows=x.shape[0],
             extra={
                 "feature": feature, "dim": int(x.shape[1]), "shard_size": shard_size,
                 # lineage of a resumed run: shards embedded by the committing run vs found committed
@@ -223,11 +266,14 @@ def materialize_text_feature(
                 "shard_writers": list(sharded.writers),
                 # how the committing process embeds (shards found committed may come from others)
                 **encoder_manifest(how),
+                "encoder_weights": model_digest(lm.model),
             },
-        ) as tmp:
-            write_feature(tmp, x, feature=feature, source=lm.model)
+        )
+
+    path = FEATURE_STAGE.materialize(path, build)
+    if shards.exists():  # committed here, or by a run killed after its commit, before the clean-up
         remove_shards(shards)
-        return path
+    return path
 
 
 def materialize_prediction_feature(graph_path: Path, responses_path: Path, top_k: int, lake_root: Path) -> Path:
@@ -239,21 +285,17 @@ def materialize_prediction_feature(graph_path: Path, responses_path: Path, top_k
     from tag_pipeline.llm.stage import RESPONSES_FILE
     from tag_pipeline.llm.store import ranked_matrix, read_responses
 
-    key = lake.config_hash(FEATURE_STAGE_VERSION, "P", responses_path.name, top_k)
-    path = lake.artifact_dir(lake_root, _dataset_of(graph_path), "features", f"P-{key}")
-    if lake.find_artifact(path) is not None:
-        return path
-    with lake.exclusive(path) as committed:
-        if committed:
-            return path
+    key = FEATURE_STAGE.key("P", responses_path.name, top_k)
+    path = FEATURE_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix="P-")
+
+    def build() -> lake.Built:
         graph = open_graph(graph_path)
         df = read_responses(responses_path / RESPONSES_FILE, graph.num_nodes, graph.num_classes)
-        import torch
-
         x = torch.from_numpy(ranked_matrix(df, graph.num_nodes, top_k))
-        with lake.write_artifact(
-            path, stage="features", config={"top_k": top_k}, inputs={"responses": str(responses_path)},
-            rows=x.shape[0], extra={"feature": "P", "top_k": top_k},
-        ) as tmp:
-            write_feature(tmp, x, feature="P", source=f"top-{top_k} ranked labels")
-        return path
+        return lake.Built(
+            write=lambda tmp: write_feature(tmp, x, feature="P", source=f"top-{top_k} ranked labels"),
+            config={"top_k": top_k}, inputs={"responses": str(responses_path)}, rows=x.shape[0],
+            extra={"feature": "P", "top_k": top_k},
+        )
+
+    return FEATURE_STAGE.materialize(path, build)

@@ -22,6 +22,8 @@ from tag_pipeline.config import DatasetConfig, LLMConfig
 from tag_pipeline.datasets import BUILTIN_DATASETS, TAGraph, dataset_dir, graph_content_key, open_graph
 
 LLM_STAGE_VERSION = 1
+#: The LLM stage: ``<lake>/<dataset>/llm/<backend>-<key>``, one responses table per answer set.
+LLM_STAGE = lake.Stage("llm", LLM_STAGE_VERSION, code=("tag_pipeline.llm",))
 RESPONSES_FILE = "responses.parquet"
 
 
@@ -133,8 +135,8 @@ def _live_key(graph_path: Path, graph: TAGraph, llm: LLMConfig) -> str:
 
         c = llm.offline
         model = {"model_path": c.model_path}
-    return lake.config_hash(
-        LLM_STAGE_VERSION, graph_content_key(graph_path), llm.backend, model, generation_params(c),
+    return LLM_STAGE.key(
+        graph_content_key(graph_path), llm.backend, model, generation_params(c),
         prompt_version(graph.name, c.template_version),
         prompt_hash(graph.name, graph.class_names, c.template_version, k=c.top_k),
     )
@@ -143,7 +145,7 @@ def _live_key(graph_path: Path, graph: TAGraph, llm: LLMConfig) -> str:
 def _live_path(graph_path: Path, graph: TAGraph, llm: LLMConfig, lake_root: Path) -> Path:
     """Artifact directory of a live (online/offline) answer set: ``<lake>/<dataset>/llm/<backend>-<key>``."""
     key = _live_key(graph_path, graph, llm)
-    return lake.artifact_dir(lake_root, graph_path.parents[1].name, "llm", f"{llm.backend}-{key}")
+    return LLM_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"{llm.backend}-")
 
 
 def ask_llm(graph: TAGraph, llm: LLMConfig, progress: bool = True) -> tuple[pl.DataFrame, dict]:
@@ -211,13 +213,12 @@ def responses_path(graph_path: Path, dataset: DatasetConfig, llm: LLMConfig, lak
         return _live_path(graph_path, open_graph(graph_path), llm, lake_root)
     responses_dir, preds_csv = replay_sources(dataset, llm)
     source = responses_dir if responses_dir is not None else preds_csv
-    key = lake.config_hash(
-        LLM_STAGE_VERSION,
+    key = LLM_STAGE.key(
         graph_content_key(graph_path),
         llm.model_dump(mode="json", include={"backend", "model"}),
         lake.files_digest([source]),
     )
-    return lake.artifact_dir(lake_root, graph_path.parents[1].name, "llm", f"{llm.backend}-{key}")
+    return LLM_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"{llm.backend}-")
 
 
 def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConfig, lake_root: Path) -> Path:
@@ -253,32 +254,31 @@ def materialize_responses(graph_path: Path, dataset: DatasetConfig, llm: LLMConf
     else:
         graph = open_graph(graph_path)
         path = _live_path(graph_path, graph, llm, lake_root)
-    if lake.find_artifact(path) is not None:
-        return path
-    with lake.exclusive(path) as committed:
-        if committed:
-            return path
-        graph = graph or open_graph(graph_path)
+
+    def build() -> lake.Built:
+        g = graph or open_graph(graph_path)
+        inputs = {"graph": str(graph_path)}
         if llm.backend == "replay":
-            df, stats = _replay(graph, dataset, llm)
-            inputs = {"graph": str(graph_path)}
+            df, stats = _replay(g, dataset, llm)
             if responses_dir is not None:
                 inputs["responses_dir"] = str(responses_dir)
             else:
                 inputs["preds_csv"] = str(preds_csv)
         else:
-            df, backend_stats = ask_llm(graph, llm)
+            df, backend_stats = ask_llm(g, llm)
             stats = {"backend": backend_stats}
-            inputs = {"graph": str(graph_path)}
-        df = validate_responses(df, graph.num_nodes, graph.num_classes, str(path / RESPONSES_FILE))
+        df = validate_responses(df, g.num_nodes, g.num_classes, str(path / RESPONSES_FILE))
         stats |= {
-            "llm_top1_accuracy": replay_top1_accuracy(df, graph.labels),
+            "llm_top1_accuracy": replay_top1_accuracy(df, g.labels),
             "n_failed": int((df["status"] == "failed").sum()),
             "n_no_label": int(df.filter(pl.col("ranked_labels").list.len() == 0).height),
         }
-        with lake.write_artifact(path, stage="llm", config=llm, inputs=inputs, rows=df.height, extra={"stats": stats}) as tmp:
-            write_responses(df, tmp / RESPONSES_FILE)
-        return path
+        return lake.Built(
+            write=lambda tmp: write_responses(df, tmp / RESPONSES_FILE),
+            config=llm, inputs=inputs, rows=df.height, extra={"stats": stats},
+        )
+
+    return LLM_STAGE.materialize(path, build)
 
 
 def _replay(graph: TAGraph, dataset: DatasetConfig, llm: LLMConfig) -> tuple[pl.DataFrame, dict]:

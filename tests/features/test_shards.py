@@ -250,7 +250,7 @@ def test_sharded_stage_matches_one_unsharded_encoder_call(shared_data, tmp_path)
     from tag_pipeline.datasets import graph_content_key, materialize_graph
     from tag_pipeline.features.stage import feature_texts, materialize_text_feature
     from tag_pipeline.features.store import read_feature
-    from tag_pipeline.features.text import encode_texts, model_digest
+    from tag_pipeline.features.text import encode_texts, encoder_path, model_digest
 
     lm = LMConfig(max_length=32)
     graph = materialize_graph(DatasetConfig(root=shared_data, subset=300), [0], tmp_path)
@@ -265,7 +265,11 @@ def test_sharded_stage_matches_one_unsharded_encoder_call(shared_data, tmp_path)
     assert not shard_folder(path).exists() and not shard_folder(path).parent.exists()
     # the lineage key covers the graph's content and the encoder, not how it was sharded
     how = {"device", "batch_size", "e_text", "shard_size", "runtime", "precision"}
-    key = lake.config_hash(1, "TA", graph_content_key(graph), lm.model_dump(mode="json", exclude=how), model_digest(lm.model))
+    resolved = encoder_path(lm.model, device=lm.device, runtime=lm.runtime, precision=lm.precision)
+    numerics = [] if resolved.precision == "fp32" else [{"numerics": resolved.precision}]  # keyed as resolved
+    key = lake.config_hash(
+        1, "TA", graph_content_key(graph), lm.model_dump(mode="json", exclude=how), model_digest(lm.model), *numerics
+    )
     assert path.name == f"TA-{key}"
     # the shard size is not lineage: another size finds the same artifact
     assert materialize_text_feature(graph, None, "TA", lm, tmp_path, shard_size=7, progress=False) == path

