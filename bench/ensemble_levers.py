@@ -32,13 +32,8 @@ import torch
 
 from tag_pipeline import lake
 from tag_pipeline.datasets import graph_content_key, open_graph, read_splits
-from tag_pipeline.ensemble import (
-    correct_and_smooth,
-    ensemble_logits,
-    fit_ensemble_weights,
-    tune_correct_and_smooth,
-    weighted_ensemble,
-)
+from levers import correct_and_smooth, fit_ensemble_weights, tune_correct_and_smooth, weighted_ensemble
+from tag_pipeline.ensemble import ensemble_logits
 from tag_pipeline.report import MODEL_TITLES
 from tag_pipeline.train import accuracy, read_logits
 

@@ -1,19 +1,18 @@
-"""Tests for the accuracy levers in tag_pipeline.ensemble: val-fitted weights and Correct & Smooth."""
+"""Tests for the accuracy levers of bench/levers.py: val-fitted weights and Correct & Smooth."""
 
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from tag_pipeline.ensemble import (
-    correct_and_smooth,
-    ensemble_logits,
-    fit_ensemble_weights,
-    tune_correct_and_smooth,
-    weighted_ensemble,
-)
+from tag_pipeline.ensemble import ensemble_logits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from levers import correct_and_smooth, fit_ensemble_weights, tune_correct_and_smooth, weighted_ensemble  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
