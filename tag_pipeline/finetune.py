@@ -41,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tag_pipeline import hardware, lake
-from tag_pipeline.config import FINETUNE_EXECUTION_FIELDS, FinetuneConfig
+from tag_pipeline.config import FinetuneConfig
 
 FINETUNE_STAGE_VERSION = 1
 #: The fine-tuned LM features: ``<lake>/<dataset>/features/<F>ft-s<seed>-<key>``, in the folder
@@ -54,9 +54,6 @@ FINETUNE_STAGE = lake.Stage(
 )
 #: The LM's logits in a fine-tuned feature artifact: one tensor ``logits`` ``[N, C]`` float32.
 LOGITS_FILE = "lm_logits.safetensors"
-#: Config fields that change how fast, not what, is computed: left out of the lineage key
-#: (``device`` enters it only as its type, where that is not the CPU: :func:`finetune_key`).
-EXECUTION_FIELDS = FINETUNE_EXECUTION_FIELDS
 TEXT_FEATURES = ("TA", "E")
 
 
