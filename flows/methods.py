@@ -2,7 +2,7 @@
 
 The ``tag`` flow loads the graph and the LLM answers, then hands a :class:`MethodRun` to the
 stages function registered for ``cfg.method.name`` in :data:`METHOD_STAGES`; that function
-calls the method's tasks and returns its :class:`~tag_pipeline.methods.RunSummary` rows,
+calls the method's tasks and returns its :class:`~tag_pipeline.methods.base.RunSummary` rows,
 which the report reads. A new method registers its function here (or, for a plug-in or a
 test, with :func:`register_stages`).
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tag_pipeline.config import PipelineConfig
-from tag_pipeline.methods import RunSummary, summaries
+from tag_pipeline.methods.base import RunSummary, summaries
 from flows.fanout import fan_out_embedding
 from tasks.features import build_prediction_feature, embed_text, finetune_lm
 from tasks.dre import train_dre

@@ -26,7 +26,8 @@ from tag_pipeline.config import (
     StartStage,
 )
 from tag_pipeline.datasets import feature_availability
-from tag_pipeline.methods import MethodConfig, RunSummary, TapeMethod
+from tag_pipeline.methods import MethodConfig, TapeMethod
+from tag_pipeline.methods.base import RunSummary
 from flows.fanout import fan_out_llm
 from flows.methods import METHOD_STAGES, MethodRun
 from tasks.data import load_graph
@@ -70,7 +71,7 @@ def tag(
     the per-stage deployments ``tag/llm``, ``tag/embed``, ``tag/train``, ``tag/ensemble`` are
     this flow with both set. Every run ends with a markdown summary. Returns the report's lake
     paths and markdown, ``runs`` (the method's run summaries as dicts, see
-    :class:`~tag_pipeline.methods.RunSummary`), ``method`` (its name), ``graph`` and
+    :class:`~tag_pipeline.methods.base.RunSummary`), ``method`` (its name), ``graph`` and
     ``responses`` (lake paths; ``responses`` ``None`` when no LLM answer was read), the stage
     timings and, under ``fan_out``, the stats of the LLM stage's
     shard tasks when ``scale_out`` fanned it out (``{"llm": [{"shard", "requests", "worker",

@@ -1,6 +1,6 @@
 """One table for several methods on one dataset and the same splits (the ``compare`` flow).
 
-Each method's run summaries (:class:`~tag_pipeline.methods.RunSummary`) become rows of
+Each method's run summaries (:class:`~tag_pipeline.methods.base.RunSummary`) become rows of
 accuracy mean ± std over seeds, beside the method's wall time in this comparison, the LLM
 tokens behind its features and its inference time per node, measured here, one run after
 another in one process, so the figures are comparable; published figures are listed beside

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import statistics
 from pathlib import Path
 
 import polars as pl
 
 from tag_pipeline import lake
-from tag_pipeline.methods import MethodBase, TapeMethod
+from tag_pipeline.methods import DreMethod, MethodBase, TapeMethod
+from tag_pipeline.methods.tape_config import TAPE_PUBLISHED
 
 REPORT_STAGE_VERSION = 2  # 2: one-seed cells without "± 0.0000"
 #: The report's artifact: its text is laid out here and by each method's report sections.
@@ -21,14 +22,6 @@ MODEL_ORDER = ("mlp", "gcn", "sage", "revgat")
 MODEL_TITLES = {"mlp": "MLP", "gcn": "GCN", "sage": "SAGE", "revgat": "RevGAT"}
 FEATURE_ORDER = ("TA", "E", "P", "TAPE")
 
-#: TAPE paper, Table 2: test accuracy of h_TAPE (fine-tuned DeBERTa-base for TA and E, mean of 4 seeds)
-#: and of the LLM alone (zero-shot GPT-3.5).
-TAPE_PUBLISHED: dict[str, dict[str, float]] = {
-    "cora": {"llm": 0.6769, "gcn": 0.9119, "sage": 0.9290, "revgat": 0.9280, "mlp": 0.8778},
-    "pubmed": {"llm": 0.9342, "gcn": 0.9431, "sage": 0.9618, "revgat": 0.9604, "mlp": 0.9565},
-    "ogbn-arxiv": {"llm": 0.7350, "gcn": 0.7520, "sage": 0.7672, "revgat": 0.7750, "mlp": 0.7587},
-    "arxiv_2023": {"llm": 0.7356, "gcn": 0.8080, "sage": 0.8388, "revgat": 0.8423, "mlp": 0.8385},
-}
 
 
 def metrics_frame(dataset: str, runs: Sequence[Mapping]) -> pl.DataFrame:
@@ -211,6 +204,67 @@ def gallon_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> 
     return out
 
 
+
+def dre_sections(method: DreMethod, dataset: str, metrics: pl.DataFrame) -> list[str]:
+    """Dr.E's report: the default variant table (``llm``: Dr.E, ``llm-zero-shot``: the baseline),
+    worded for Dr.E (accuracy at the epoch with the best validation accuracy, by constrained
+    class-name scoring); then, when the run trained them (``gnns``), TAPE's tables of the GNNs
+    on the same frozen TA feature."""
+    out = [line.replace("(best epoch by validation accuracy)",
+                        "(epoch with the best validation accuracy; the class whose name the decoder "
+                        "finds likeliest)")
+           for line in variant_table(method, dataset, metrics)] + [
+        f"Decoder: `{method.decoder}`; {method.views} views x {method.codes_per_view} codes, "
+        f"{'quantised into its words' if method.quantise else 'continuous (the ablation)'}; "
+        f"{method.epochs} epoch(s). The chosen words per node: `tokens.parquet` in each run's folder.", ""]
+    return out + tape_gnn_section(dataset, metrics,
+                                  "## The baseline: TAPE's GNNs on the same frozen TA feature and splits")
+
+
+def dre_run_sections(method: DreMethod, runs: Sequence[Mapping]) -> list[str]:
+    """A few test nodes' chosen words (Dr.E's case study): from ``tokens.parquet`` and
+    ``predictions.parquet`` of the Dr.E run with the lowest seed, ``method.report_nodes`` rows
+    (:func:`tag_pipeline.methods.dre.words_section`)."""
+    ours = sorted((r for r in runs if r.get("method") == "dre" and r.get("variant", r.get("feature")) == "dre"),
+                  key=lambda r: int(r["seed"]))
+    if not ours or not method.report_nodes:
+        return []
+    from tag_pipeline.methods.dre import words_section
+
+    return words_section(Path(ours[0]["path"]), method.report_nodes)
+
+
+#: A method's accuracy part of the report, by the method's name: ``(method, dataset, metrics)``
+#: (:func:`metrics_frame` of this run) to markdown lines; a method not listed gets
+#: :func:`variant_table`. A plug-in method may add its own entry.
+ACCURACY_SECTIONS: dict[str, Callable[[MethodBase, str, pl.DataFrame], list[str]]] = {
+    "tape": lambda method, dataset, metrics: tape_accuracy_section(dataset, metrics),
+    "gallon": gallon_sections,
+    "leading": leading_sections,
+    "dre": dre_sections,
+}
+#: Lines read from the runs' own artifacts, after the accuracy part, by the method's name:
+#: ``(method, runs)`` (this flow run's summaries, ``path`` each run's artifact) to markdown
+#: lines; none for a method not listed.
+RUN_SECTIONS: dict[str, Callable[[MethodBase, Sequence[Mapping]], list[str]]] = {
+    "dre": dre_run_sections,
+}
+
+
+def method_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame, runs: Sequence[Mapping] = ()) -> list[str]:
+    """The method's part of the report: its accuracy sections (:data:`ACCURACY_SECTIONS`, else
+    :func:`variant_table`), then its run sections (:data:`RUN_SECTIONS`, else none).
+
+    Args:
+        method: the run's method config.
+        dataset: the dataset's name as the titles show it.
+        metrics: :func:`metrics_frame` of this run's summaries.
+        runs: those summaries (their ``path``).
+    """
+    accuracy = ACCURACY_SECTIONS.get(method.name, variant_table)
+    from_runs = RUN_SECTIONS.get(method.name)
+    return accuracy(method, dataset, metrics) + (from_runs(method, runs) if from_runs else [])
+
 def _llm_section(dataset: str, llm_stats: Mapping) -> list[str]:
     out = ["## LLM stage", ""]
     if "llm_top1_accuracy" in llm_stats:
@@ -273,7 +327,7 @@ def render_report(
             name in the titles, and the published columns (measured on the standard split)
             are left out.
         runs: the run summaries behind ``metrics`` (their ``path``), for the method's
-            :meth:`~tag_pipeline.methods.MethodConfig.run_sections`.
+            run sections (:data:`RUN_SECTIONS`).
     """
     method = method if method is not None else TapeMethod()
     # Published figures are looked up by the dataset's name: the split-qualified name has none.
@@ -282,7 +336,7 @@ def render_report(
         out = [f"# {method.title} on {titled}: stopped after the {stop_after} stage", "",
                "No model was trained in this run, so there is no accuracy table.", ""]
     else:
-        out = method.report_sections(titled, metrics) + method.run_sections(runs)
+        out = method_sections(method, titled, metrics, runs)
     if missing_features:
         out += [f"Features not available for this dataset: {', '.join(missing_features)}.", ""]
     if llm_stats:

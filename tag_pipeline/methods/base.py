@@ -1,19 +1,23 @@
 """The method seam: what every node-classification method plugs into the ``tag`` flow.
 
-A method is a config class (a pydantic model with a ``name`` literal, the discriminator of
-:data:`tag_pipeline.methods.MethodConfig`) plus, on the flow side, a function that runs its
+A method is a config class (a :class:`~tag_pipeline.methods.base_config.MethodBase` subclass
+with a ``name`` literal, the discriminator of :data:`tag_pipeline.methods.MethodConfig`, in
+``tag_pipeline/methods/<name>_config.py``) plus, on the flow side, a function that runs its
 stages (``flows/methods.py``). The flow composes graph -> LLM answers (when the method's
-features need them) -> the method's stages -> report; the method returns
-:class:`RunSummary` rows and says how the report presents them (title, reference numbers,
-tables). Methods live in ``tag_pipeline/methods/<name>.py``, library code without Prefect.
+features need them) -> the method's stages -> report; the method returns :class:`RunSummary`
+rows, and the report lays them out (:func:`tag_pipeline.report.method_sections`, by the
+method's name). Methods' code lives in ``tag_pipeline/methods/<name>.py``, library code
+without Prefect.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
+
+from tag_pipeline.methods.base_config import MethodBase
 
 
 class RunSummary(BaseModel):
@@ -62,56 +66,9 @@ class RunSummary(BaseModel):
         return self.model_dump() | {"feature": self.variant}
 
 
-class MethodConfig(BaseModel):
-    """Base of every method's config: its ``name`` (the discriminator) and how it reports.
-
-    Subclasses set ``name: Literal["<name>"] = "<name>"``, document their fields, and override
-    the class attributes and :meth:`report_sections` where the defaults do not fit.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(description="The method.")
-
-    #: Title of the report: ``"<title> on <dataset>"``.
-    title: ClassVar[str] = "method"
-    #: Paper and code the method reproduces, cited in the report.
-    reference: ClassVar[str] = ""
-
-    def published(self, dataset: str) -> dict[str, float]:
-        """Published test accuracy of this method on ``dataset`` (``{model: accuracy}``), if any."""
-        return {}
-
-    def report_sections(self, dataset: str, metrics: Any) -> list[str]:
-        """Markdown lines of the accuracy part of the report.
-
-        Args:
-            dataset: the dataset's lake name.
-            metrics: :func:`tag_pipeline.report.metrics_frame` of this run's summaries.
-        """
-        from tag_pipeline.report import variant_table
-
-        return variant_table(self, dataset, metrics)
-
-    def run_sections(self, runs: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Markdown lines read from the runs' own artifacts, after the accuracy part (none by
-        default; Dr.E shows a few nodes' chosen words).
-
-        Args:
-            runs: this flow run's summaries (``path``: each run's lake artifact).
-        """
-        return []
-
-    def needs_llm(self, features: Sequence[str]) -> bool:
-        """Whether the flow must read the LLM's answers before this method's stages: by default
-        when the run's ``features`` include E or P (TAPE's)."""
-        return bool({"E", "P"} & set(features))
-
-    def key_fields(self) -> dict[str, Any]:
-        """The fields that decide the method's results (all by default), for lineage keys."""
-        return self.model_dump(mode="json")
-
-
 def summaries(runs: Sequence[Mapping[str, Any]], method: str) -> list[RunSummary]:
     """:meth:`RunSummary.of` over ``runs``."""
     return [RunSummary.of(r, method) for r in runs]
+
+
+__all__ = ["MethodBase", "RunSummary", "summaries"]

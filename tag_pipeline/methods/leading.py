@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-from pydantic import Field
 
 from tag_pipeline import lake
-from tag_pipeline.methods.base import MethodConfig
+from tag_pipeline.methods.leading_config import (  # re-exported: LEADING's fixed numerics and dropout
+    LEADING_ATTENTION_DROPOUT as LEADING_ATTENTION_DROPOUT,
+)
+from tag_pipeline.methods.leading_config import LEADING_DEVICE, LeadingMethod
 
 LEADING_STAGE_VERSION = 1
 #: One (feature, seed) LEADING run: ``<lake>/<dataset>/leading/<feature>-s<seed>-<key>``.
@@ -44,97 +44,14 @@ LEADING_STAGE = lake.Stage(
     LEADING_STAGE_VERSION,
     code=(
         "tag_pipeline.methods.leading",  # cache, implicit layer, training loop, epoch choice
+        "tag_pipeline.methods.leading_config",  # the config: key_fields, the FinetuneConfig its LM is loaded with
+        "tag_pipeline.finetune_config",  # the LM fields LEADING shares with fine-tuning (LMTrainingConfig)
         "tag_pipeline.finetune",  # the LM: load_classifier, split_encoder, the batcher, MeanPoolClassifier
         "tag_pipeline.models",  # the gcn/sage heads (build_model)
         "tag_pipeline.features.stage",  # feature_texts: the TA or E text the LM reads
         "tag_pipeline.train",  # accuracy, predictions_frame
     ),
 )
-#: LEADING's numerics: the LM and the graph layer run on the CPU in float32, no autocast (the
-#: default path: no numerics part in the key). A device or precision field (as
-#: FinetuneConfig's), if one is ever added, must enter the key when it is not this path.
-LEADING_DEVICE = "cpu"
-#: FinetuneConfig's fields LEADING does not re-declare, fixed here rather than taken from that
-#: config's defaults (which may change): attention dropout and, unused by LEADING's own head,
-#: the classifier's dropout.
-LEADING_ATTENTION_DROPOUT = 0.1
-
-
-class LeadingMethod(MethodConfig):
-    """LEADING (module docstring): one end-to-end LM + propagation model per text feature and seed."""
-
-    name: Literal["leading"] = "leading"
-    features: list[Literal["TA", "E"]] = Field(["TA", "E"], description="Texts trained end to end, one model each.")
-    model: str = Field("all-MiniLM-L6-v2", description="The LM: a local folder or 'all-MiniLM-L6-v2'.")
-    max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text (as fine-tuning's default).")
-    trainable_layers: int | None = Field(
-        2, ge=1, description="Train only the LM's top k layers (the lower ones run once; a CPU lever); None = all."
-    )
-    epochs: int = Field(4, ge=1, description="Epochs over the train nodes (TAPE's fine-tuning: 4).")
-    lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate (as our MiniLM fine-tuning).")
-    head_lr: float = Field(1e-2, gt=0.0, description="Learning rate of the head (a fresh linear layer).")
-    warmup_ratio: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="None: constant learning rates. A fraction: both learning rates warm up linearly "
-        "over that fraction of all steps, then decay linearly to 0 (as LM fine-tuning, "
-        "transformers' get_linear_schedule_with_warmup); a lever against the drop after epoch 1.",
-    )
-    batch_size: int = Field(16, ge=1, description="Target nodes per step.")
-    label_smoothing: float = Field(0.3, ge=0.0, lt=1.0, description="Label smoothing (TAPE: 0.3).")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout inside the LM.")
-    refresh_every: int = Field(1, ge=1, description="Epochs between refreshes of the neighbour cache (paper: 1).")
-    neighbours: Literal["cache", "gradient"] = Field(
-        "cache",
-        description="'cache' (LEADING: neighbours from the no-gradient cache) or 'gradient' (the naive "
-        "end-to-end baseline: every step also encodes the targets' gradient_hops-hop neighbours with "
-        "gradients; the rest still comes from the cache). For cost comparisons.",
-    )
-    gradient_hops: int = Field(2, ge=1, description="Hops encoded with gradients when neighbours='gradient'.")
-    head: Literal["implicit", "gcn", "sage"] = Field("implicit", description="Graph layer over the LM embeddings.")
-    teleport: float = Field(0.1, gt=0.0, le=1.0, description="a of the implicit layer (APPNP's teleport, 0.1).")
-    iters: int = Field(10, ge=1, description="Fixed-point iterations per forward and backward pass (warm-started).")
-    gnns: bool = Field(
-        True,
-        description="Also train TAPE's GNNs and h_TAPE on LEADING's TA/E embeddings (with TAPE's P), "
-        "as TAPE does with fine-tuned LM features (the run's models and gnn settings).",
-    )
-    e_text: Literal["auto", "raw", "explanation"] = Field(
-        "auto", description="Text of the E feature, as lm.e_text ('auto': raw for replayed answers)."
-    )
-    threads: int | None = Field(None, ge=1, description="torch threads (None: leave as is). Not in the key.")
-
-    title: ClassVar[str] = "LEADING"
-    reference: ClassVar[str] = "Xue et al., KDD 2025, arXiv 2312.04737"
-
-    def needs_llm(self, features) -> bool:
-        return bool(("E" in self.features and "E" in features) or (self.gnns and "P" in features))
-
-    def report_sections(self, dataset: str, metrics: Any) -> list[str]:
-        from tag_pipeline.report import leading_sections
-
-        return leading_sections(self, dataset, metrics)
-
-    def key_fields(self) -> dict[str, Any]:
-        """The fields that decide a LEADING run's result: all but ``threads`` and ``gnns``;
-        ``e_text`` only when not ``"auto"`` and ``warmup_ratio`` only when set (keys of runs
-        from before those fields stay valid).
-
-        Out of the key: ``threads`` (torch intra-op threads: how fast, not what) and ``gnns``
-        (whether TAPE's GNNs are also trained on the embeddings: those are artifacts of their
-        own, keyed on this run's path). In it: ``batch_size``, the target nodes per training step
-        (not an inference batch). Of :class:`~tag_pipeline.config.FinetuneConfig`'s fields the
-        rest are fixed in the code, not fields: ``device`` and ``precision`` (the CPU in
-        float32, :data:`LEADING_DEVICE`; the default path, so no numerics part is added),
-        attention dropout (:data:`LEADING_ATTENTION_DROPOUT`), no weight decay, no gradient
-        clipping, no gradient accumulation, and inference batches of 64 texts (execution only).
-        """
-        fields = self.model_dump(mode="json", exclude={"threads", "gnns"})
-        for name, before in (("e_text", "auto"), ("warmup_ratio", None)):
-            if fields[name] == before:  # keys of runs from before the field existed stay valid
-                del fields[name]
-        return fields
 
 
 class NeighbourCache:
@@ -265,15 +182,11 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
     from torch_geometric.utils import k_hop_subgraph
     from tqdm.auto import tqdm
 
-    from tag_pipeline.config import FinetuneConfig
     from tag_pipeline.finetune import _batcher, load_classifier, split_encoder
 
     start = time.perf_counter()
     torch.manual_seed(seed)
-    ft = FinetuneConfig(model=cfg.model, max_length=cfg.max_length, dropout=cfg.dropout,
-                        attention_dropout=LEADING_ATTENTION_DROPOUT, trainable_layers=cfg.trainable_layers,
-                        classifier_dropout=0.0, device=LEADING_DEVICE, precision="fp32")
-    tokenizer, lm = load_classifier(ft, num_classes)
+    tokenizer, lm = load_classifier(cfg.finetune_config(), num_classes)
     device = torch.device(LEADING_DEVICE)
     token_ids = tokenizer([t or "" for t in texts], truncation=True, max_length=cfg.max_length)["input_ids"]
     pad = tokenizer.pad_token_id or 0

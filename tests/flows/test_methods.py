@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from tag_pipeline.config import DatasetConfig, GNNConfig, LMConfig
-from tag_pipeline.methods import GallonMethod, MethodBase, RunSummary, register_method
+from tag_pipeline.methods import GallonMethod, MethodBase, register_method
+from tag_pipeline.methods.base import RunSummary
 
 pytestmark = pytest.mark.slow
 
