@@ -49,7 +49,8 @@ FINETUNE_STAGE_VERSION = 1
 FINETUNE_STAGE = lake.Stage(
     "finetune",
     FINETUNE_STAGE_VERSION,
-    code=("tag_pipeline.finetune", "tag_pipeline.features.stage", "tag_pipeline.features.store"),
+    code=("tag_pipeline.finetune", "tag_pipeline.finetune_config", "tag_pipeline.features.stage",
+          "tag_pipeline.features.store"),
     folder="features",
 )
 #: The LM's logits in a fine-tuned feature artifact: one tensor ``logits`` ``[N, C]`` float32.
