@@ -48,7 +48,7 @@ def main() -> None:
 
     from tag_pipeline.config import DatasetConfig
     from tag_pipeline.hardware import cpu_info
-    from tag_pipeline.methods.dre import DreMethod
+    from tag_pipeline.methods.dre.config import DreMethod
 
     cpu = cpu_info()
     print(f"CPU: {cpu.model}; flags: {', '.join(cpu.as_dict()['flags']) or 'none known'} ({cpu.source}); "

@@ -63,7 +63,8 @@ def one_epoch(variant: str, root: str, subset: int | None, threads: int) -> dict
                                        progress=False)
         val, epoch_s = res.val_acc, res.history[0]["seconds"]
     else:
-        from tag_pipeline.methods.leading import LeadingMethod, train_leading
+        from tag_pipeline.methods.leading.config import LeadingMethod
+        from tag_pipeline.methods.leading.model import train_leading
 
         cfg = LeadingMethod(epochs=1, neighbours="cache" if variant == "leading" else "gradient")
         res = train_leading(graph.text, graph.labels, graph.edge_index, split, graph.num_classes, cfg, seed=0)

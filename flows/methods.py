@@ -1,27 +1,32 @@
 """Each method's stages, composed inside the ``tag`` flow run (see ``flows/tag.py``).
 
 The ``tag`` flow loads the graph and the LLM answers, then hands a :class:`MethodRun` to the
-stages function registered for ``cfg.method.name`` in :data:`METHOD_STAGES`; that function
-calls the method's tasks and returns its :class:`~tag_pipeline.methods.base.RunSummary` rows,
-which the report reads. A new method registers its function here (or, for a plug-in or a
-test, with :func:`register_stages`).
+stages function its method's spec names (:class:`tag_pipeline.methods.MethodSpec`,
+:func:`stages_function`); that function runs the method's stages and returns its
+:class:`~tag_pipeline.methods.base.RunSummary` rows, which the report reads. A method's own
+stages function lives in its package and runs each library stage with :meth:`MethodRun.stage`
+(the generic task :func:`tasks.methods.run_stage`), so a new method edits nothing here; the
+built-in methods' stages functions are below, beside their tasks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tag_pipeline.config import PipelineConfig
-from tag_pipeline.methods.base import RunSummary, summaries
 from flows.fanout import fan_out_embedding
-from tasks.features import build_prediction_feature, embed_text, finetune_lm
+from tag_pipeline.config import PipelineConfig
+from tag_pipeline.methods import method_spec, resolve
+from tag_pipeline.methods.base import RunSummary, Stages, summaries
 from tasks.dre import train_dre
+from tasks.features import build_prediction_feature, embed_text, finetune_lm
 from tasks.gallon import distil_gallon
 from tasks.glem import train_glem
 from tasks.leading import train_leading
+from tasks.methods import run_stage
 from tasks.train import ensemble as ensemble_task
 from tasks.train import train_gnn_runs
 
@@ -41,6 +46,21 @@ class MethodRun:
     timings: dict[str, float] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     timed: Callable = None  # type: ignore[assignment]  # timed(stage): context adding to timings
+
+    def stage(self, fn: str, /, *, name: str, step: str = "train", **kwargs) -> Any:
+        """``fn(**kwargs)`` (``"module:function"``, a library stage function) as one stage task
+        run called ``name`` (:func:`tasks.methods.run_stage`); lookup only when the run starts
+        past pipeline stage ``step``."""
+        return run_stage(fn, kwargs, run_name=name, step=step, build=self.cfg.builds(step))
+
+    def tape_features(self) -> dict[tuple[str, str, int], str]:
+        """:func:`tape_features` of this run."""
+        return tape_features(self)
+
+    def tape_gnns(self, feature_paths: dict[tuple[str, str, int], str], modes: list[str] | None = None,
+                  features: list[str] | None = None) -> list[dict]:
+        """:func:`tape_gnns` of this run."""
+        return tape_gnns(self, feature_paths, modes, features)
 
 
 def tape_features(run: MethodRun) -> dict[tuple[str, str, int], str]:
@@ -210,14 +230,13 @@ def dre_stages(run: MethodRun) -> list[RunSummary]:
     return out
 
 
-#: the stages function of each method, by name
-METHOD_STAGES: dict[str, Callable[[MethodRun], list[RunSummary]]] = {
-    "tape": tape_stages, "gallon": gallon_stages, "glem": glem_stages, "leading": leading_stages,
-    "dre": dre_stages,
-}
+def stages_function(name: str) -> Stages:
+    """The stages function of method ``name``: the one its spec names.
 
-
-def register_stages(name: str, stages: Callable[[MethodRun], list[RunSummary]]) -> None:
-    """Run ``stages`` for method ``name`` (whose config :func:`tag_pipeline.methods.register_method`
-    accepts) from now on, in this process."""
-    METHOD_STAGES[name] = stages
+    Raises:
+        ValueError: no method ``name`` is registered (:func:`tag_pipeline.methods.register_method`).
+    """
+    spec = method_spec(name)
+    if spec is None:
+        raise ValueError(f"method {name!r} is not registered (tag_pipeline.methods.register_method)")
+    return resolve(spec.stages)

@@ -29,7 +29,7 @@ from tag_pipeline.datasets import feature_availability
 from tag_pipeline.methods import MethodConfig, TapeMethod
 from tag_pipeline.methods.base import RunSummary
 from flows.fanout import fan_out_llm
-from flows.methods import METHOD_STAGES, MethodRun
+from flows.methods import MethodRun, stages_function
 from tasks.data import load_graph
 from tasks.llm import query_llm
 from tasks.report import report
@@ -119,8 +119,6 @@ def tag(
     if cfg.stop_after == "llm":
         return finish([])
 
-    stages = METHOD_STAGES.get(cfg.method.name)
-    if stages is None:
-        raise ValueError(f"method {cfg.method.name!r} has no stages registered in flows.methods.METHOD_STAGES")
+    stages = stages_function(cfg.method.name)
     run = MethodRun(cfg, graph, responses, features, lake_root, timings, paths, timed=lambda stage: _timed(timings, stage))
     return finish(stages(run))

@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from tag_pipeline import lake
+from tag_pipeline.methods import method_spec
 from tag_pipeline.report import mean_std_cell
 
 LEADERBOARD_STAGE_VERSION = 1
@@ -27,15 +28,6 @@ LEADERBOARD_STAGE = lake.Stage(
 )
 LEADERBOARD_FILE = "leaderboard.parquet"
 LEADERBOARD_MD = "leaderboard.md"
-
-#: The predictors of each method the leaderboard shows (variants); others stay in the method's report.
-HEADLINE_VARIANTS: dict[str, tuple[str, ...]] = {
-    "tape": ("TAPE", "TA"),  # h_TAPE, and a GNN on the LM's TA embedding alone
-    "gallon": ("student", "mlp"),
-    "glem": ("lm", "gnn"),
-    "leading": ("TA", "E"),
-    "dre": ("dre", "zero-shot"),  # Dr.E, and its decoder zero-shot without graph tokens
-}
 
 #: Artifact stages whose inference the leaderboard times itself (tag_pipeline.inference).
 TIMED_STAGES = frozenset({"train", "ensemble", "gallon"})
@@ -70,10 +62,11 @@ def llm_tokens(responses: str | Path | None) -> int | None:
 
 def headline_runs(result: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """``(variant, run)`` for each of one method's runs that the leaderboard shows: the
-    method's own (a run without ``method`` counts as the method's) and, where
-    :data:`HEADLINE_VARIANTS` lists the method, of those variants only."""
+    method's own (a run without ``method`` counts as the method's) and, where the method's spec
+    lists ``headline_variants`` (:class:`tag_pipeline.methods.MethodSpec`), of those variants only."""
     method = result["method"]
-    wanted = HEADLINE_VARIANTS.get(method)
+    spec = method_spec(method)
+    wanted = spec.headline_variants if spec else ()
     for r in result["runs"]:
         variant = r.get("variant", r.get("feature"))
         if r.get("method", method) == method and (not wanted or variant in wanted):
@@ -177,7 +170,7 @@ def materialize_leaderboard(
     from tag_pipeline.datasets import open_graph
     from tag_pipeline.hardware import torch_threads
     from tag_pipeline.inference import run_forward_ms_per_node
-    from tag_pipeline.methods.gallon import student_forward_ms_per_node
+    from tag_pipeline.methods.gallon.stage import student_forward_ms_per_node
 
     timers = {"gallon": student_forward_ms_per_node}  # a method's own artifacts: the method times them
 

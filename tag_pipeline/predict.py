@@ -384,7 +384,7 @@ def predict_new_nodes(
     encoder = encoder or pinned_encoder(run_ta_feature(run), run)
     start = time.perf_counter()
     if kind == "gallon":
-        from tag_pipeline.methods.gallon import load_student
+        from tag_pipeline.methods.gallon.stage import load_student
 
         student, info = load_student(run)
         if info["features"] != ["TA"]:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
 
 from tag_pipeline import lake
-from tag_pipeline.methods import DreMethod, MethodBase, TapeMethod
-from tag_pipeline.methods.tape_config import TAPE_PUBLISHED
+from tag_pipeline.methods import MethodBase, TapeMethod, method_spec, resolve
+from tag_pipeline.methods.tape.config import TAPE_PUBLISHED
 
 REPORT_STAGE_VERSION = 2  # 2: one-seed cells without "± 0.0000"
 #: The report's artifact: its text is laid out here and by each method's report sections.
@@ -150,13 +150,6 @@ def variant_table(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> li
     return out + [""]
 
 
-def leading_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> list[str]:
-    """LEADING's report: its own accuracy per text feature (the implicit layer's logits), then
-    TAPE's tables of the GNNs trained on LEADING's embeddings."""
-    return variant_table(method, dataset, metrics) + tape_gnn_section(
-        dataset, metrics, "## TAPE's GNNs on LEADING's TA/E embeddings (h_TAPE with TAPE's P)")
-
-
 def tape_gnn_section(dataset: str, metrics: pl.DataFrame, heading: str) -> list[str]:
     """``heading`` and TAPE's tables (:func:`tape_accuracy_section`) of the TAPE runs among
     another method's ``metrics`` (the GNNs it trained beside or on top of its own stage);
@@ -167,93 +160,15 @@ def tape_gnn_section(dataset: str, metrics: pl.DataFrame, heading: str) -> list[
     return [heading, ""] + tape_accuracy_section(dataset, tape)[2:]
 
 
-GALLON_VARIANTS = (
-    ("student", "MLP student (distilled; no edges at inference)"),
-    ("mlp", "plain MLP (same features, CE only)"),
-    ("lm-teacher", "LM teacher (linear head on frozen TA+E)"),
-    ("gnn-teacher", "GNN teacher (h_TAPE, chosen on validation)"),
-)
-
-
-def gallon_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> list[str]:
-    """GALLON's report: the student beside its teachers and a plain MLP (test and validation
-    accuracy, mean ± std over seeds), then TAPE's tables of the GNNs it was distilled from."""
-    ours = metrics.filter(pl.col("method") == "gallon")
-    seeds = sorted(ours["seed"].unique().to_list())
-    out = [f"# GALLON on {dataset}: node classification accuracy", "",
-           f"Mean ± std over seeds {seeds}; every choice (teacher, alpha, beta, T) on validation "
-           f"accuracy. {method.reference}.", "",
-           "| predictor | test | val | inference ms/node |", "|---|---|---|---|"]
-    for variant, title in GALLON_VARIANTS:
-        rows = ours.filter(pl.col("feature") == variant)
-        if rows.is_empty():
-            continue
-        models = sorted(set(rows["model"].to_list()))
-        label = title if variant != "gnn-teacher" else f"{title}: {', '.join(MODEL_TITLES.get(m, m) for m in models)}"
-        ms = rows["infer_ms_per_node"].drop_nulls()
-        out.append(f"| {label} | {_cell(rows.filter(pl.col('split') == 'test')['accuracy'].to_list())} | "
-                   f"{_cell(rows.filter(pl.col('split') == 'val')['accuracy'].to_list())} | "
-                   f"{f'{ms.median():.5f}' if len(ms) else '–'} |")
-    out += ["", "Inference ms/node: median over seeds of one full-batch forward pass divided by the "
-            "nodes (features in memory, same process and threads); the GNN teacher's is the sum "
-            "of its h_TAPE members' passes."]
-    out += ["", "## The GNNs (TAPE's stages, the teachers)", ""]
-    tape = metrics.filter(pl.col("method") == "tape")
-    if not tape.is_empty():
-        out += tape_accuracy_section(dataset, tape)[2:]
-    return out
-
-
-
-def dre_sections(method: DreMethod, dataset: str, metrics: pl.DataFrame) -> list[str]:
-    """Dr.E's report: the default variant table (``llm``: Dr.E, ``llm-zero-shot``: the baseline),
-    worded for Dr.E (accuracy at the epoch with the best validation accuracy, by constrained
-    class-name scoring); then, when the run trained them (``gnns``), TAPE's tables of the GNNs
-    on the same frozen TA feature."""
-    out = [line.replace("(best epoch by validation accuracy)",
-                        "(epoch with the best validation accuracy; the class whose name the decoder "
-                        "finds likeliest)")
-           for line in variant_table(method, dataset, metrics)] + [
-        f"Decoder: `{method.decoder}`; {method.views} views x {method.codes_per_view} codes, "
-        f"{'quantised into its words' if method.quantise else 'continuous (the ablation)'}; "
-        f"{method.epochs} epoch(s). The chosen words per node: `tokens.parquet` in each run's folder.", ""]
-    return out + tape_gnn_section(dataset, metrics,
-                                  "## The baseline: TAPE's GNNs on the same frozen TA feature and splits")
-
-
-def dre_run_sections(method: DreMethod, runs: Sequence[Mapping]) -> list[str]:
-    """A few test nodes' chosen words (Dr.E's case study): from ``tokens.parquet`` and
-    ``predictions.parquet`` of the Dr.E run with the lowest seed, ``method.report_nodes`` rows
-    (:func:`tag_pipeline.methods.dre.words_section`)."""
-    ours = sorted((r for r in runs if r.get("method") == "dre" and r.get("variant", r.get("feature")) == "dre"),
-                  key=lambda r: int(r["seed"]))
-    if not ours or not method.report_nodes:
-        return []
-    from tag_pipeline.methods.dre import words_section
-
-    return words_section(Path(ours[0]["path"]), method.report_nodes)
-
-
-#: A method's accuracy part of the report, by the method's name: ``(method, dataset, metrics)``
-#: (:func:`metrics_frame` of this run) to markdown lines; a method not listed gets
-#: :func:`variant_table`. A plug-in method may add its own entry.
-ACCURACY_SECTIONS: dict[str, Callable[[MethodBase, str, pl.DataFrame], list[str]]] = {
-    "tape": lambda method, dataset, metrics: tape_accuracy_section(dataset, metrics),
-    "gallon": gallon_sections,
-    "leading": leading_sections,
-    "dre": dre_sections,
-}
-#: Lines read from the runs' own artifacts, after the accuracy part, by the method's name:
-#: ``(method, runs)`` (this flow run's summaries, ``path`` each run's artifact) to markdown
-#: lines; none for a method not listed.
-RUN_SECTIONS: dict[str, Callable[[MethodBase, Sequence[Mapping]], list[str]]] = {
-    "dre": dre_run_sections,
-}
+def tape_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> list[str]:
+    """TAPE's accuracy part of the report: :func:`tape_accuracy_section` (its registered hook)."""
+    return tape_accuracy_section(dataset, metrics)
 
 
 def method_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame, runs: Sequence[Mapping] = ()) -> list[str]:
-    """The method's part of the report: its accuracy sections (:data:`ACCURACY_SECTIONS`, else
-    :func:`variant_table`), then its run sections (:data:`RUN_SECTIONS`, else none).
+    """The method's part of the report: its accuracy sections (its spec's ``accuracy_sections``,
+    :class:`tag_pipeline.methods.MethodSpec`, else :func:`variant_table`), then its run sections
+    (the spec's ``run_sections``, else none).
 
     Args:
         method: the run's method config.
@@ -261,9 +176,11 @@ def method_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame, run
         metrics: :func:`metrics_frame` of this run's summaries.
         runs: those summaries (their ``path``).
     """
-    accuracy = ACCURACY_SECTIONS.get(method.name, variant_table)
-    from_runs = RUN_SECTIONS.get(method.name)
+    spec = method_spec(method.name)
+    accuracy = resolve(spec.accuracy_sections) if spec and spec.accuracy_sections else variant_table
+    from_runs = resolve(spec.run_sections) if spec and spec.run_sections else None
     return accuracy(method, dataset, metrics) + (from_runs(method, runs) if from_runs else [])
+
 
 def _llm_section(dataset: str, llm_stats: Mapping) -> list[str]:
     out = ["## LLM stage", ""]
@@ -327,7 +244,7 @@ def render_report(
             name in the titles, and the published columns (measured on the standard split)
             are left out.
         runs: the run summaries behind ``metrics`` (their ``path``), for the method's
-            run sections (:data:`RUN_SECTIONS`).
+            run sections (its spec's ``run_sections``).
     """
     method = method if method is not None else TapeMethod()
     # Published figures are looked up by the dataset's name: the split-qualified name has none.

@@ -7,7 +7,8 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run
 
-from tag_pipeline.methods.dre import DreMethod, materialize_dre
+from tag_pipeline.methods.dre.config import DreMethod
+from tag_pipeline.methods.dre.stage import materialize_dre
 from tasks import STAGE_TASK_OPTIONS, reading
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 from prefect import task
 from prefect.runtime import task_run
 
-from tag_pipeline.methods.gallon import GallonMethod, materialize_gallon
+from tag_pipeline.methods.gallon.config import GallonMethod
+from tag_pipeline.methods.gallon.stage import materialize_gallon
 from tasks import STAGE_TASK_OPTIONS, reading
 
 

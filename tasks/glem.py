@@ -5,7 +5,8 @@ from pathlib import Path
 from prefect import task
 from prefect.runtime import task_run
 
-from tag_pipeline.methods.glem import GlemMethod, materialize_glem
+from tag_pipeline.methods.glem.config import GlemMethod
+from tag_pipeline.methods.glem.stage import materialize_glem
 from tasks import STAGE_TASK_OPTIONS, reading
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 from prefect import task
 from prefect.runtime import task_run
 
-from tag_pipeline.methods.leading import LeadingMethod, materialize_leading
+from tag_pipeline.methods.leading.config import LeadingMethod
+from tag_pipeline.methods.leading.stage import materialize_leading
 from tasks import STAGE_TASK_OPTIONS, reading
 
 

@@ -1,19 +1,21 @@
 """The method seam: what every node-classification method plugs into the ``tag`` flow.
 
-A method is a config class (a :class:`~tag_pipeline.methods.base_config.MethodBase` subclass
-with a ``name`` literal, the discriminator of :data:`tag_pipeline.methods.MethodConfig`, in
-``tag_pipeline/methods/<name>_config.py``) plus, on the flow side, a function that runs its
-stages (``flows/methods.py``). The flow composes graph -> LLM answers (when the method's
-features need them) -> the method's stages -> report; the method returns :class:`RunSummary`
-rows, and the report lays them out (:func:`tag_pipeline.report.method_sections`, by the
-method's name). Methods' code lives in ``tag_pipeline/methods/<name>.py``, library code
-without Prefect.
+A method is a package ``tag_pipeline/methods/<name>/`` (its config class, a
+:class:`~tag_pipeline.methods.base_config.MethodBase` subclass with a ``name`` literal, in
+``config.py``; its maths, lake stage and report sections) and a
+:class:`~tag_pipeline.methods.MethodSpec` naming its stages function and report hooks. The flow
+composes graph -> LLM answers (when the method's features need them) -> the method's stages ->
+report; the stages function gets a :class:`MethodRun` and returns :class:`RunSummary` rows, and
+the report lays them out (:func:`tag_pipeline.report.method_sections`, by the method's spec).
+Methods' code is library code without Prefect: a stages function reaches Prefect only through
+``run.stage`` (``flows/methods.py`` implements :class:`MethodRun`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -71,4 +73,44 @@ def summaries(runs: Sequence[Mapping[str, Any]], method: str) -> list[RunSummary
     return [RunSummary.of(r, method) for r in runs]
 
 
-__all__ = ["MethodBase", "RunSummary", "summaries"]
+class MethodRun(Protocol):
+    """What a method's stages function gets from the ``tag`` flow (``flows.methods.MethodRun``).
+
+    Attributes:
+        cfg: the run config (:class:`tag_pipeline.config.PipelineConfig`; ``cfg.method`` is
+            the method's config).
+        graph: the graph artifact's lake path.
+        responses: the LLM answers' lake path (``None`` when no feature needs them).
+        features: the features this dataset has, of those the run asks for.
+        lake: the lake root.
+        paths: what the report lists (``{title: path}``), to add to.
+    """
+
+    cfg: Any
+    graph: str
+    responses: str | None
+    features: list[str]
+    lake: str
+    paths: dict[str, str]
+
+    def timed(self, stage: str) -> AbstractContextManager:
+        """A context adding its wall time to the run's timings under ``stage``."""
+
+    def stage(self, fn: str, /, *, name: str, step: str = "train", **kwargs: Any) -> Any:
+        """``fn(**kwargs)`` (``fn``: ``"module:function"``, a library stage function that goes
+        through a ``lake.Stage``) as one Prefect stage task run called ``name``: retried,
+        cached by the artifact's lake path; only read from the lake when the run starts past
+        pipeline stage ``step``. Pass paths as ``str``."""
+
+    def tape_features(self) -> dict[tuple[str, str, int], str]:
+        """TAPE's feature stage: ``{(encoder mode, feature, seed): artifact path}``."""
+
+    def tape_gnns(self, feature_paths: Mapping[tuple[str, str, int], str], modes: list[str] | None = None,
+                  features: list[str] | None = None) -> list[dict]:
+        """TAPE's GNN and ensemble stages on ``feature_paths``: their summaries."""
+
+
+#: a method's stages function
+Stages = Callable[[MethodRun], list[RunSummary]]
+
+__all__ = ["MethodBase", "MethodRun", "RunSummary", "Stages", "summaries"]

@@ -3,8 +3,8 @@
 A method's config is data: its ``name`` (the discriminator of the union
 :data:`tag_pipeline.methods.MethodConfig`), documented fields, which of them enter lineage keys
 (:meth:`MethodBase.key_fields`), its title and reference, and published numbers. How the report
-lays a method out is the report's (:func:`tag_pipeline.report.method_sections`), and what a
-method computes is its module's (``tag_pipeline/methods/<name>.py``); neither is imported here,
+lays a method out is its package's ``report.py`` (named by its spec), and what a method
+computes is its package's (``tag_pipeline/methods/<name>/``); neither is imported here,
 so ``tag_pipeline.config`` can hold a method without running any library code.
 """
 

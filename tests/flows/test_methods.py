@@ -8,11 +8,23 @@ from typing import ClassVar, Literal
 import polars as pl
 import pytest
 
+from tag_pipeline import lake
 from tag_pipeline.config import DatasetConfig, GNNConfig, LMConfig
-from tag_pipeline.methods import GallonMethod, MethodBase, register_method
+from tag_pipeline.methods import (
+    GallonMethod,
+    MethodBase,
+    MethodSpec,
+    register_method,
+    unregister_method,
+)
 from tag_pipeline.methods.base import RunSummary
 
 pytestmark = pytest.mark.slow
+
+
+# --- the toy method: everything a new method writes, in one file ------------------------------
+# Its "package" (config, maths, lake stage, stages function) is this module's next four pieces;
+# its registration entry is the MethodSpec in ``toy_method``. No tasks/, flows/ or report edit.
 
 
 class MajorityMethod(MethodBase):
@@ -26,58 +38,90 @@ class MajorityMethod(MethodBase):
         return {"const": 0.3021}
 
 
-def majority_stages(run) -> list[RunSummary]:
-    """Stages of the toy: read the graph from the lake, write one artifact per seed."""
+MAJORITY_STAGE = lake.Stage("majority", 1, code=(__name__,))
+
+
+def materialize_majority(graph_path: str, seed: int, lake_root: str) -> dict:
+    """The toy's library stage: find or build one seed's artifact (the majority label) and
+    return its summary, the same for a lake hit and a build."""
     import numpy as np
 
-    from tag_pipeline import lake
-    from tag_pipeline.datasets import open_graph
+    from tag_pipeline.datasets import graph_content_key, open_graph, split_key
 
-    graph = open_graph(Path(run.graph))
+    key = MAJORITY_STAGE.key(graph_content_key(graph_path), split_key(graph_path, seed))
+    path = MAJORITY_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"s{seed}-")
+
+    def build() -> lake.Built:
+        graph = open_graph(Path(graph_path))
+        split = graph.splits[seed]
+        label = int(np.bincount(graph.labels[split.train]).argmax())
+        acc = {p: float((graph.labels[getattr(split, p)] == label).mean()) for p in ("val", "test")}
+        summary = dict(method="majority", model="const", variant="majority", seed=seed,
+                       val_acc=acc["val"], test_acc=acc["test"], path=str(path))
+        return lake.Built(write=lambda tmp: (tmp / "label.txt").write_text(str(label)),
+                          config={"label": label}, inputs={"graph": graph_path}, extra={"summary": summary})
+
+    return MAJORITY_STAGE.materialize(path, build, read=lambda p: lake.read_artifact(p).manifest["summary"])
+
+
+def majority_stages(run) -> list[RunSummary]:
+    """Stages of the toy: one library stage per seed, each a stage task run (``run.stage``)."""
     out = []
     with run.timed("majority"):
         for seed in run.cfg.seeds:
-            split = graph.splits[seed]
-            label = int(np.bincount(graph.labels[split.train]).argmax())
-            acc = {p: float((graph.labels[getattr(split, p)] == label).mean()) for p in ("val", "test")}
-            path = lake.artifact_dir(run.lake, graph.name, "majority", f"s{seed}-{label}")
-            if lake.find_artifact(path) is None:
-                with lake.write_artifact(path, stage="majority", config={"label": label}) as tmp:
-                    (tmp / "label.txt").write_text(str(label))
-            out.append(RunSummary(method="majority", model="const", variant="majority", seed=seed,
-                                  val_acc=acc["val"], test_acc=acc["test"], path=str(path)))
+            out.append(RunSummary.of(run.stage(f"{__name__}:materialize_majority", name=f"majority-s{seed}",
+                                               graph_path=run.graph, seed=seed, lake_root=run.lake)))
     return out
 
 
 @pytest.fixture
 def toy_method():
-    from flows.methods import METHOD_STAGES, register_stages
-    from tag_pipeline.methods import METHODS
-
-    register_method(MajorityMethod)
-    register_stages("majority", majority_stages)
+    register_method(MethodSpec(MajorityMethod, stages=f"{__name__}:majority_stages", headline_variants=("majority",)))
     yield MajorityMethod()
-    METHODS.pop("majority", None)
-    METHOD_STAGES.pop("majority", None)
+    unregister_method("majority")
 
 
-def test_a_toy_method_plugs_into_the_tag_flow(prefect_harness, shared_data, tmp_path, toy_method, flow_run_artifacts):
+def test_a_toy_method_plugs_into_the_tag_flow(prefect_harness, shared_data, tmp_path, toy_method, flow_run_artifacts,
+                                              task_states):
     from flows.tag import tag
 
-    lake = tmp_path / "lake"
-    state = tag(dataset=DatasetConfig(root=shared_data, subset=120), method=toy_method, features=["TA"],
-                seeds=[0, 1], lake=str(lake), return_state=True)
+    lake_root = tmp_path / "lake"
+    params = dict(dataset=DatasetConfig(root=shared_data, subset=120), method=toy_method, features=["TA"],
+                  seeds=[0, 1], lake=str(lake_root))
+    state = tag(**params, return_state=True)
     assert state.is_completed(), state.message
     out = state.result()
     assert out["method"] == "majority" and [r["seed"] for r in out["runs"]] == [0, 1]
     assert {r["variant"] for r in out["runs"]} == {"majority"}
     # no TAPE stage ran: no LLM answers, features or GNNs in the lake
-    assert sorted(p.name for p in (lake / "cora").iterdir()) == ["graph", "majority", "report"]
+    assert sorted(p.name for p in (lake_root / "cora").iterdir()) == ["graph", "majority", "report"]
     metrics = pl.read_parquet(out["metrics"])
     assert set(metrics["method"]) == {"majority"} and metrics.height == 4
     report = flow_run_artifacts(state.state_details.flow_run_id, "markdown")[0]
     assert report.startswith("# Majority class on cora")
     assert "| const | majority |" in report and "0.3021" in report  # the method's own table and reference
+    # its stage ran as one generic stage task per seed, and a rerun is served from the cache
+    assert {k: v for k, v in task_states(state.state_details.flow_run_id).items() if k.startswith("majority")} == {
+        "majority-s0": "Completed", "majority-s1": "Completed"}
+    state2 = tag(**params, return_state=True)
+    states = task_states(state2.state_details.flow_run_id)
+    assert states["majority-s0"] == "Cached" and states["majority-s1"] == "Cached"
+    assert state2.result()["runs"] == out["runs"]
+
+
+def test_adding_the_toy_method_touched_no_table_outside_its_entry(toy_method):
+    """The leaderboard's headline variants, the report's sections and the flow's stages function
+    all come from the one registration entry."""
+    from flows.methods import stages_function
+    from tag_pipeline.leaderboard import headline_runs
+    from tag_pipeline.report import method_sections
+
+    assert stages_function("majority") is majority_stages
+    runs = [dict(method="majority", variant="majority", seed=0), dict(method="majority", variant="other", seed=0)]
+    assert [v for v, _ in headline_runs({"method": "majority", "runs": runs})] == ["majority"]
+    metrics = pl.DataFrame({"method": ["majority"] * 2, "model": ["const"] * 2, "feature": ["majority"] * 2,
+                            "seed": [0, 0], "split": ["val", "test"], "accuracy": [0.3, 0.3]})
+    assert method_sections(toy_method, "cora", metrics)[0] == "# Majority class on cora: node classification accuracy"
 
 
 def test_unknown_method_names_the_choices():
@@ -126,7 +170,7 @@ def test_full_batch_loader_puts_seed_nodes_first_and_relabels_edges():
     import torch
     from torch_geometric.data import Data
 
-    from tag_pipeline.methods.glem import FullBatchLoader
+    from tag_pipeline.methods.glem.model import FullBatchLoader
 
     data = Data(x=torch.arange(5.0).view(5, 1), edge_index=torch.tensor([[0, 1, 4], [1, 2, 3]]),
                 y=torch.arange(5), is_gold=torch.tensor([True, False, False, True, False]))

@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from tag_pipeline.methods.dre import (
-    DreMethod,
-    PromptTemplate,
-    build_encoder,
-    residual_quantise,
-    score_classes,
-    word_codebook,
-)
+from tag_pipeline.methods.dre.config import DreMethod
+from tag_pipeline.methods.dre.encoder import build_encoder
+from tag_pipeline.methods.dre.prompt import PromptTemplate
+from tag_pipeline.methods.dre.quantise import residual_quantise, word_codebook
+from tag_pipeline.methods.dre.score import score_classes
 from tag_pipeline.models.decoder import DecoderNotFoundError, locate_decoder
 
 CLASSES = ["Neural_Networks", "Theory", "Rule_Learning"]
@@ -163,7 +160,7 @@ def _tiny_lake(shared_data, tmp_path):
 def trained(decoder, shared_data, tmp_path_factory):
     """One Dr.E run (3 steps) on the first 40 Cora nodes, written to a temporary lake; the
     decoder's state before it."""
-    from tag_pipeline.methods.dre import materialize_dre
+    from tag_pipeline.methods.dre.stage import materialize_dre
 
     model, tok = decoder
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -200,7 +197,7 @@ def test_predictions_are_classes_and_the_tokens_file_is_readable(decoder, traine
 
     from tag_pipeline import lake
     from tag_pipeline.datasets import open_graph
-    from tag_pipeline.methods.dre import TOKENS_FILE, ZERO_SHOT_FILE
+    from tag_pipeline.methods.dre.stage import TOKENS_FILE, ZERO_SHOT_FILE
 
     _, tok = decoder
     art = lake.read_artifact(trained["rows"][0]["path"])
@@ -220,7 +217,7 @@ def test_predictions_are_classes_and_the_tokens_file_is_readable(decoder, traine
 @needs_decoder
 def test_the_task_finds_the_run_in_the_lake(trained):
     from tag_pipeline import lake
-    from tag_pipeline.methods.dre import DRE_STAGE
+    from tag_pipeline.methods.dre.stage import DRE_STAGE
     from tasks.dre import train_dre
 
     t = trained
@@ -235,7 +232,7 @@ def test_the_task_finds_the_run_in_the_lake(trained):
 def test_the_continuous_ablation_runs_and_reads_nearest_words(decoder):
     from types import SimpleNamespace
 
-    from tag_pipeline.methods.dre import run_dre
+    from tag_pipeline.methods.dre.fit import run_dre
 
     model, tok = decoder
     x, ei = _path_graph(8)
@@ -250,7 +247,7 @@ def test_the_continuous_ablation_runs_and_reads_nearest_words(decoder):
 def test_a_run_is_reproducible(decoder):
     from types import SimpleNamespace
 
-    from tag_pipeline.methods.dre import run_dre
+    from tag_pipeline.methods.dre.fit import run_dre
 
     model, tok = decoder
     x, ei = _path_graph(8)
@@ -262,7 +259,7 @@ def test_a_run_is_reproducible(decoder):
 
 
 def test_the_epoch_with_the_best_validation_accuracy_is_kept_first_on_ties():
-    from tag_pipeline.methods.dre import best_epoch, keep_best_epoch
+    from tag_pipeline.methods.dre.fit import best_epoch, keep_best_epoch
 
     assert best_epoch([0.5, 0.75, 0.75, 0.6]) == 2  # the first of the best, not the last
     assert best_epoch([0.5, 0.5, 0.5]) == 1  # all equal: the first epoch
@@ -284,7 +281,7 @@ def test_a_run_keeps_the_scores_of_its_best_validation_epoch(decoder, monkeypatc
     those that epoch's evaluation produced."""
     from types import SimpleNamespace
 
-    from tag_pipeline.methods import dre
+    from tag_pipeline.methods.dre import fit as dre
     from tag_pipeline.train import accuracy
 
     model, tok = decoder
@@ -319,7 +316,7 @@ def test_a_run_keeps_the_scores_of_its_best_validation_epoch(decoder, monkeypatc
 def test_negative_edges_are_non_edges_and_follow_only_their_generator():
     import random
 
-    from tag_pipeline.methods.dre import negative_edges
+    from tag_pipeline.methods.dre.encoder import negative_edges
 
     _, ei = _path_graph(12)
     a = negative_edges(ei, 12, 200, torch.Generator().manual_seed(1))
@@ -331,7 +328,7 @@ def test_negative_edges_are_non_edges_and_follow_only_their_generator():
 
 
 def test_cosine_commitment_ignores_the_views_scale_and_euclidean_does_not():
-    from tag_pipeline.methods.dre import auxiliary_losses
+    from tag_pipeline.methods.dre.encoder import auxiliary_losses
 
     h = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
     q = h + 0.3 * torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
@@ -376,7 +373,7 @@ class SimpleDecoder:
 
 
 def test_a_passed_decoder_must_run_the_configs_numerics(tmp_path):
-    from tag_pipeline.methods import dre
+    from tag_pipeline.methods.dre import stage as dre
 
     emb = torch.nn.Embedding(4, 3).to(torch.bfloat16)
     bf16 = SimpleDecoder(emb)
@@ -387,7 +384,7 @@ def test_a_passed_decoder_must_run_the_configs_numerics(tmp_path):
 
 def test_the_stage_keys_by_its_version():
     from tag_pipeline import lake
-    from tag_pipeline.methods.dre import DRE_STAGE, DRE_STAGE_VERSION
+    from tag_pipeline.methods.dre.stage import DRE_STAGE, DRE_STAGE_VERSION
 
     # 2: the negative pairs of the adjacency loss changed (db57baa) while the version stayed 1
     assert DRE_STAGE_VERSION == 2 and DRE_STAGE.name == "dre"

@@ -13,14 +13,13 @@ from pydantic import ValidationError
 
 from tag_pipeline.datasets.base import Split
 from tag_pipeline.methods import GallonMethod, method_config
-from tag_pipeline.methods.gallon import (
+from tag_pipeline.methods.gallon.loss import distillation_loss, soft_kl
+from tag_pipeline.methods.gallon.student import (
     StudentInputs,
-    choose_teacher,
-    distillation_loss,
     grid_points,
-    soft_kl,
     train_student,
 )
+from tag_pipeline.methods.gallon.teachers import choose_teacher
 
 
 def _softmax(row, t=1.0):
@@ -134,7 +133,7 @@ def test_config_grids_and_discriminator():
 
 
 def test_alignment_term_is_two_mses_and_trains(one_torch_thread):
-    from tag_pipeline.methods.gallon import alignment_loss
+    from tag_pipeline.methods.gallon.loss import alignment_loss
 
     h_s, h_g, e = torch.randn(5, 3), torch.randn(5, 2), torch.randn(5, 4)
     u, w = torch.nn.Linear(3, 2), torch.nn.Linear(4, 3)
@@ -155,7 +154,8 @@ def test_alignment_term_is_two_mses_and_trains(one_torch_thread):
 
 
 def test_teachers_of_another_seed_are_refused_naming_both_seeds(tmp_path):
-    from tag_pipeline.methods.gallon import check_teacher_seeds, materialize_gallon
+    from tag_pipeline.methods.gallon.stage import materialize_gallon
+    from tag_pipeline.methods.gallon.teachers import check_teacher_seeds
 
     of_seed_1 = [{"model": "gcn", "val_acc": 0.9, "seed": 1, "path": str(tmp_path / "gcn-TAPE-s1-x")}]
     # refused before anything is read: the graph, features and lake here do not exist
@@ -173,7 +173,7 @@ def test_teachers_of_another_seed_are_refused_naming_both_seeds(tmp_path):
 def test_the_teachers_artifact_says_its_seed(tmp_path):
     """A summary claiming the student's seed does not pass when its artifact was trained on another."""
     from tag_pipeline import lake
-    from tag_pipeline.methods.gallon import check_teacher_seeds, teacher_seed
+    from tag_pipeline.methods.gallon.teachers import check_teacher_seeds, teacher_seed
 
     run = tmp_path / "cora" / "train" / "gcn-TA-s1-k"
     with lake.write_artifact(run, stage="train", extra={"summary": {"model": "gcn", "seed": 1}}) as tmp:
@@ -208,7 +208,7 @@ TINY = GallonMethod(lm_teacher_features=["TA"], epochs=5, patience=5, alphas=[1.
 
 def test_a_lake_hit_returns_what_the_build_returned(tiny_lake, one_torch_thread):
     from tag_pipeline import lake
-    from tag_pipeline.methods.gallon import GALLON_STAGE, materialize_gallon
+    from tag_pipeline.methods.gallon.stage import GALLON_STAGE, materialize_gallon
 
     root, g, ta, teachers = tiny_lake
     built = materialize_gallon(g, {"TA": str(ta)}, [teachers[0]], 0, TINY, root)
@@ -225,7 +225,7 @@ def test_a_lake_hit_returns_what_the_build_returned(tiny_lake, one_torch_thread)
 
 
 def test_a_real_teacher_of_another_seed_is_refused(tiny_lake):
-    from tag_pipeline.methods.gallon import materialize_gallon
+    from tag_pipeline.methods.gallon.stage import materialize_gallon
 
     root, g, ta, teachers = tiny_lake
     with pytest.raises(ValueError, match="seed 1, the student on seed 0"):
@@ -236,7 +236,11 @@ def test_a_real_teacher_of_another_seed_is_refused(tiny_lake):
 
 def test_the_key_is_the_stage_version_and_its_parts():
     from tag_pipeline import lake
-    from tag_pipeline.methods.gallon import GALLON_STAGE, GALLON_STAGE_VERSION, gallon_key
+    from tag_pipeline.methods.gallon.stage import (
+        GALLON_STAGE,
+        GALLON_STAGE_VERSION,
+        gallon_key,
+    )
 
     # 2: 3aee73f changed the maths (probs-mode teachers as log-probabilities, TA-member alignment)
     assert GALLON_STAGE_VERSION == 2 and GALLON_STAGE.version == 2

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tag_pipeline.methods.glem import GLEM_STAGE, GlemMethod, glem_path, materialize_glem
+from tag_pipeline.methods.glem.config import GlemMethod
+from tag_pipeline.methods.glem.stage import GLEM_STAGE, glem_path, materialize_glem
 
 
 @pytest.fixture

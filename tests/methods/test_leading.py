@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tag_pipeline.methods.leading import (
+from tag_pipeline.methods.leading.config import LeadingMethod
+from tag_pipeline.methods.leading.model import (
     ImplicitPropagation,
-    LeadingMethod,
     NeighbourCache,
     fixed_point_direct,
     normalized_adjacency,
@@ -142,7 +142,7 @@ def stand_in_digests(monkeypatch):
 def test_default_keys_are_those_of_before_the_stage_refactor(stand_in_digests):
     from pathlib import Path
 
-    from tag_pipeline.methods.leading import LEADING_STAGE, leading_path
+    from tag_pipeline.methods.leading.stage import LEADING_STAGE, leading_path
 
     # computed with lake.config_hash(LEADING_STAGE_VERSION, ...) and lake.artifact_dir before LEADING_STAGE existed
     graph, responses = Path("/lake/cora/graph/abc"), "/lake/cora/llm/replay-x"
@@ -165,7 +165,7 @@ def test_a_lake_hit_returns_what_the_build_returned(shared_data, tmp_path, one_t
     from tag_pipeline.config import DatasetConfig
     from tag_pipeline.datasets import materialize_graph
     from tag_pipeline.features.store import read_feature
-    from tag_pipeline.methods.leading import leading_path, materialize_leading
+    from tag_pipeline.methods.leading.stage import leading_path, materialize_leading
 
     root = tmp_path / "lake"
     g = materialize_graph(DatasetConfig(root=shared_data, subset=40), [0], root)

@@ -13,10 +13,10 @@ from typing import Literal, get_args, get_origin
 
 import pytest
 
-from tag_pipeline.methods.dre import DreMethod
-from tag_pipeline.methods.gallon import GallonMethod
-from tag_pipeline.methods.glem import GlemMethod
-from tag_pipeline.methods.leading import LeadingMethod
+from tag_pipeline.methods.dre.config import DreMethod
+from tag_pipeline.methods.gallon.config import GallonMethod
+from tag_pipeline.methods.glem.config import GlemMethod
+from tag_pipeline.methods.leading.config import LeadingMethod
 
 #: ``{config: {field: why it cannot change the artifact}}`` (the configs' key_fields docstrings say the same).
 OUT_OF_KEY: dict[str, dict[str, str]] = {

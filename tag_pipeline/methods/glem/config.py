@@ -46,8 +46,8 @@ class GlemMethod(MethodBase):
         Out of the key: ``threads`` (torch intra-op threads: how fast, not what). In it:
         ``lm_batch_size`` too, which sets the LM's training batches (and, as ``4 x``, the size
         of its inference batches, which alone would be execution only). Numerics: the LM and the
-        GNN always run on the CPU in float32 (:data:`~tag_pipeline.methods.glem.GLEM_DEVICE`,
-        :data:`~tag_pipeline.methods.glem.GLEM_LM_DTYPE`; PyG's own default, bfloat16, is not
+        GNN always run on the CPU in float32 (:data:`~tag_pipeline.methods.glem.model.GLEM_DEVICE`,
+        :data:`~tag_pipeline.methods.glem.model.GLEM_LM_DTYPE`; PyG's own default, bfloat16, is not
         used), the default path, so no numerics part is added.
         """
         return self.model_dump(mode="json", exclude={"threads"})

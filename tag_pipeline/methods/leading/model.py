@@ -1,57 +1,11 @@
-"""LEADING: end-to-end LM + GNN fine-tuning at close to the cost of fine-tuning the LM alone.
-
-Xue et al., "Efficient End-to-end Language Model Fine-tuning on Graphs", arXiv 2312.04737
-(KDD 2025). No public code exists; this module follows the paper's two ideas as issue 14
-states them, and says where a detail is our choice:
-
-* **Neighbour decoupling** (Sec. 4): in a mini-batch only the target (train) nodes are
-  encoded with gradients; every other node's embedding comes from :class:`NeighbourCache`,
-  written by a no-gradient pass over all nodes and refreshed every ``refresh_every`` epochs
-  (default 1). So no node is encoded with gradients more than once per epoch. The same
-  no-gradient pass scores the epoch on validation (our choice: one pass serves both).
-* **Implicit graph modelling** (Sec. 5): one implicit propagation layer instead of stacked
-  GNN layers, the APPNP-style fixed point ``Z = (1 - a) A_hat Z + a f(H)`` (Gasteiger et al.,
-  ICLR 2019, Eq. 7 at its limit) with ``A_hat`` GCN's normalised adjacency with self-loops
-  and ``f`` a linear head on the LM embeddings ``H``. :class:`ImplicitPropagation` solves it
-  by ``iters`` iterations warm-started from the previous step's ``Z``, and differentiates it
-  implicitly: the adjoint ``G = (1 - a) A_hat^T G + dL/dZ`` is iterated ``iters`` times from
-  ``dL/dZ`` and ``dL/df = a G`` (no unrolled graph is stored). Both are approximate: after
-  ``k`` iterations the error shrinks by about ``(1 - a)^k`` (0.35 at a = 0.1, k = 10 for the
-  cold-started adjoint, a few percent of the gradient); with ``iters`` large both match the
-  direct solve (tested). Warm-starting the adjoint too is an open improvement. ``head="gcn"`` or ``"sage"`` (two PyG layers) are kept for
-  comparison.
-
-Labels: the loss reads only the seed's train nodes (label smoothing as TAPE's fine-tuning);
-the epoch is chosen on validation accuracy. Outputs per (feature, seed): the LM embeddings
-(a feature artifact the GNNs can read) and the logits, in the lake.
+"""LEADING's neighbour cache, implicit propagation layer and end-to-end training (one feature, one seed).
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from tag_pipeline import lake
-from tag_pipeline.methods.leading_config import (  # re-exported: LEADING's fixed numerics and dropout
-    LEADING_ATTENTION_DROPOUT as LEADING_ATTENTION_DROPOUT,
-)
-from tag_pipeline.methods.leading_config import LEADING_DEVICE, LeadingMethod
-
-LEADING_STAGE_VERSION = 1
-#: One (feature, seed) LEADING run: ``<lake>/<dataset>/leading/<feature>-s<seed>-<key>``.
-LEADING_STAGE = lake.Stage(
-    "leading",
-    LEADING_STAGE_VERSION,
-    code=(
-        "tag_pipeline.methods.leading",  # cache, implicit layer, training loop, epoch choice
-        "tag_pipeline.methods.leading_config",  # the config: key_fields, the FinetuneConfig its LM is loaded with
-        "tag_pipeline.finetune_config",  # the LM fields LEADING shares with fine-tuning (LMTrainingConfig)
-        "tag_pipeline.finetune",  # the LM: load_classifier, split_encoder, the batcher, MeanPoolClassifier
-        "tag_pipeline.models",  # the gcn/sage heads (build_model)
-        "tag_pipeline.features.stage",  # feature_texts: the TA or E text the LM reads
-        "tag_pipeline.train",  # accuracy, predictions_frame
-    ),
-)
+from tag_pipeline.methods.leading.config import LEADING_DEVICE, LeadingMethod
 
 
 class NeighbourCache:
@@ -267,69 +221,3 @@ def train_leading(texts: list[str], labels, edge_index, split, num_classes: int,
     bar.close()
     return best | {"history": history, "cache_refreshes": list(cache.refreshed_at),
                    "seconds": time.perf_counter() - start}
-
-
-def leading_path(graph_path: str | Path, responses: str | Path | None, feature: str, seed: int, cfg: LeadingMethod,
-                 lake_root: str | Path) -> Path:
-    """Lake path of one (feature, seed) LEADING run: graph content and split, the LLM responses
-    artifact (for E), the feature, seed, config (:meth:`LeadingMethod.key_fields`) and the LM's
-    weight files."""
-    from tag_pipeline.datasets import graph_content_key, split_key
-    from tag_pipeline.features.text import model_digest
-
-    graph_path = Path(graph_path)
-    key = LEADING_STAGE.key(f"{graph_content_key(graph_path)}-{split_key(graph_path, seed)}",
-                            Path(responses).name if (responses and feature == "E") else None, feature, seed,
-                            cfg.key_fields(), model_digest(cfg.model))
-    return LEADING_STAGE.path(lake_root, lake.dataset_of(graph_path), key, prefix=f"{feature}-s{seed}-")
-
-
-def _summary(path: Path) -> dict:
-    """The committed run's summary with its ``path``: what a lake hit and a build both return."""
-    return dict(lake.read_artifact(path, verify=False).manifest["summary"], path=str(path))
-
-
-def materialize_leading(graph_path: str | Path, responses: str | Path | None, feature: str, seed: int,
-                        cfg: LeadingMethod, lake_root: str | Path) -> dict:
-    """One (feature, seed) LEADING run unless in the lake: ``predictions.parquet`` (the
-    implicit layer's logits), the LM embeddings as a feature (``read_feature`` reads the
-    artifact), and a manifest with the summary and the per-epoch history.
-
-    Returns:
-        the summary dict (``method``, ``model``, ``variant`` = feature, ``seed``, ``val_acc``,
-        ``test_acc``, ``best_epoch``, ``seconds``, ``path``), the same for a lake hit and a
-        fresh run.
-    """
-    import torch
-
-    from tag_pipeline.datasets import check_split, open_graph
-    from tag_pipeline.features.stage import feature_texts
-    from tag_pipeline.features.store import write_feature
-    from tag_pipeline.hardware import torch_threads
-    from tag_pipeline.train import accuracy, predictions_frame
-
-    graph_path = Path(graph_path)
-    path = leading_path(graph_path, responses, feature, seed, cfg, lake_root)
-
-    def build() -> lake.Built:
-        graph = open_graph(graph_path)
-        split = graph.splits[seed]
-        check_split(split, seed, graph.name, graph.num_nodes)
-        texts = feature_texts(graph_path, Path(responses) if responses else None, feature, cfg.e_text)
-        with torch_threads(cfg.threads):
-            out = train_leading(texts, graph.labels, graph.edge_index, split, graph.num_classes, cfg, seed=seed,
-                                progress=True)
-        y = torch.from_numpy(graph.labels)
-        row = {"method": "leading", "model": cfg.head, "variant": feature, "feature": feature, "seed": seed,
-               "val_acc": out["val_acc"], "test_acc": accuracy(out["logits"], y, torch.from_numpy(split.test)),
-               "best_epoch": out["best_epoch"], "seconds": out["seconds"], "cache_refreshes": out["cache_refreshes"]}
-        inputs = {"graph": str(graph_path), **({"responses": str(responses)} if responses and feature == "E" else {})}
-
-        def write(tmp: Path) -> None:
-            predictions_frame(out["logits"], y, split).write_parquet(tmp / "predictions.parquet")
-            write_feature(tmp, out["x"], feature=feature, source=f"leading:{cfg.model}")
-
-        return lake.Built(write=write, config=cfg.key_fields(), inputs=inputs, rows=graph.num_nodes,
-                          extra={"summary": row, "history": out["history"]})
-
-    return LEADING_STAGE.materialize(path, build, read=_summary)

@@ -99,7 +99,7 @@ class GallonMethod(MethodBase):
         predictions do not depend on it). Numerics: every GALLON computation (LM-teacher head,
         students, teachers' hidden layers) runs on the CPU in float32, the default path, so no
         numerics part is added and there is no device or precision field to key; the torch
-        thread count (:func:`~tag_pipeline.methods.gallon.materialize_gallon`'s ``threads``) is execution only.
+        thread count (:func:`~tag_pipeline.methods.gallon.stage.materialize_gallon`'s ``threads``) is execution only.
         """
         return self.model_dump(mode="json", exclude={"timing_repeats"})
 
