@@ -4,7 +4,7 @@ A config module (pydantic only; :mod:`tag_pipeline.config` re-exports its names)
 :class:`LMTrainingConfig` declares once the fields every end-to-end LM training of this project
 reads (the LM, tokens per text, epochs, texts per step, label smoothing, dropout, the E text,
 threads); :class:`FinetuneConfig` (TAPE's fine-tuning, :mod:`tag_pipeline.finetune`) and
-:class:`~tag_pipeline.methods.leading_config.LeadingMethod` (LEADING) extend it with their own.
+:class:`~tag_pipeline.methods.leading.config.LeadingMethod` (LEADING) extend it with their own.
 """
 
 from __future__ import annotations
