@@ -10,8 +10,8 @@ machine. Against the server named by ``PREFECT_API_URL`` it
    automation's source of truth);
 3. runs ``prefect --no-prompt deploy --all`` only when something it deploys changed: the
    sha256 of ``prefect.yaml``, ``flows/*.py`` and the config models' source
-   (``tag_pipeline/config.py``, ``tag_pipeline/llm/config.py``: the deployments' parameter
-   schema), the environment variables ``prefect.yaml`` templates (``{{ $TAG_PROJECT_DIR }}``),
+   (every ``config.py`` and ``*_config.py`` under ``tag_pipeline``, and the methods' registry:
+   the deployments' parameter schema), the environment variables ``prefect.yaml`` templates (``{{ $TAG_PROJECT_DIR }}``),
    Prefect's and pydantic's versions and the API URL differ from the record of the last
    deploy (``$PREFECT_HOME/deploy-stamp.json``), or a deployment of that record is gone from
    the server (a wiped database) or was changed there since (a UI edit; what ``prefect
@@ -79,7 +79,7 @@ from deployments.show_run import newest_run, show_run  # noqa: E402
 #: the flows it loads (name, entrypoints) and the models of the flow's parameters (the
 #: deployments' parameter schema). Tasks and the library run in the worker's flow-run
 #: process, read from the checkout at run time: a change there needs no redeploy.
-DEPLOY_SOURCES: tuple[str, ...] = ("prefect.yaml", "flows/*.py", "tag_pipeline/config.py", "tag_pipeline/llm/config.py",
+DEPLOY_SOURCES: tuple[str, ...] = ("prefect.yaml", "flows/*.py", "tag_pipeline/**/config.py", "tag_pipeline/**/*_config.py",
                                   "tag_pipeline/methods/*.py")
 RECORD_NAME = "deploy-stamp.json"
 """The record of the last deploy, in ``$PREFECT_HOME``."""
