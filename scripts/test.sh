@@ -7,4 +7,6 @@ bash "$PROJECT_DIR/scripts/setup.sh"
 cd "$PROJECT_DIR"
 # Tests start their own Prefect (prefect_test_harness): never a running server's API.
 unset PREFECT_API_URL PREFECT_HOME PREFECT_RESULTS_LOCAL_STORAGE_PATH
-exec "$VENV/bin/python" -m pytest "$@"
+# One pytest worker per core (pytest-xdist), each test file kept on one worker so its module
+# fixtures are built once; TAG_TEST_WORKERS=0 runs in this process (e.g. for pdb).
+exec "$VENV/bin/python" -m pytest -n "${TAG_TEST_WORKERS:-auto}" --dist loadfile "$@"
