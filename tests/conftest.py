@@ -106,3 +106,36 @@ def flow_run_artifacts():
         return [a.data for a in arts]
 
     return read
+
+
+@pytest.fixture(scope="session")
+def other_value():
+    """``other_value(cls, name, value, overrides) -> a different valid value`` of a config field.
+
+    For the key-field tests (tests/test_key_fields.py, tests/methods/test_method_keys.py):
+    ``overrides[(class name, field)]`` where the field's type alone gives none, else one from
+    the type (the other literal, ``not``, +1, +0.05, another path or string)."""
+    from typing import Literal, get_args, get_origin
+
+    def other(cls, name: str, value, overrides: dict):
+        if (cls.__name__, name) in overrides:
+            return overrides[cls.__name__, name]
+        ann = cls.model_fields[name].annotation
+        args = [a for a in get_args(ann) if a is not type(None)]
+        if get_origin(ann) is Literal:
+            return next(a for a in get_args(ann) if a != value)
+        if value is None and args:
+            ann = args[0]
+        if ann is bool or isinstance(value, bool):
+            return not value
+        if isinstance(value, int) or ann is int:
+            return (value or 1) + 1
+        if isinstance(value, float) or ann is float:
+            return round(value + 0.05 if value is not None and value < 0.9 else 0.25, 4)
+        if isinstance(value, Path) or ann is Path:
+            return Path("elsewhere/x")
+        if isinstance(value, str) or ann is str:
+            return f"{value}-other"
+        raise AssertionError(f"{cls.__name__}.{name}: give an override value")
+
+    return other

@@ -70,31 +70,6 @@ OTHER = {
 }
 
 
-def _other(cls, name: str, value):
-    """A different valid value for ``cls.name`` (from :data:`OTHER` or the field's type)."""
-    if (cls.__name__, name) in OTHER:
-        return OTHER[cls.__name__, name]
-    from typing import Literal, get_args, get_origin
-
-    ann = cls.model_fields[name].annotation
-    args = [a for a in get_args(ann) if a is not type(None)]
-    if get_origin(ann) is Literal:
-        return next(a for a in get_args(ann) if a != value)
-    if value is None and args:
-        ann = args[0]
-    if ann is bool or isinstance(value, bool):
-        return not value
-    if isinstance(value, int) or ann is int:
-        return (value or 1) + 1
-    if isinstance(value, float) or ann is float:
-        return round(value + 0.05 if value is not None and value < 0.9 else 0.25, 4)
-    if isinstance(value, Path) or ann is Path:
-        return Path("elsewhere/x")
-    if isinstance(value, str) or ann is str:
-        return f"{value}-other"
-    raise AssertionError(f"{cls.__name__}.{name}: give an OTHER value")
-
-
 @pytest.fixture(scope="module")
 def graph(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("lake")
@@ -141,14 +116,14 @@ CONFIGS = [LMConfig, GNNConfig, FinetuneConfig, DatasetConfig, OnlineLLMConfig, 
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
-def test_every_field_is_classified_and_moves_the_key_iff_it_is_in_it(cls, graph, shared_data, moved_data):
+def test_every_field_is_classified_and_moves_the_key_iff_it_is_in_it(cls, graph, shared_data, moved_data, other_value):
     base, key, copies = _keyers(graph, shared_data, moved_data)[cls]
     out = OUT_OF_KEY.get(cls.__name__, {})
     assert set(out) <= set(cls.model_fields), f"{cls.__name__}: OUT_OF_KEY names no such field"
     k0 = key(base)
     wrong = []
     for name in cls.model_fields:
-        value = _other(cls, name, getattr(base, name))
+        value = other_value(cls, name, getattr(base, name), OTHER)
         if value == "__copy__":
             value = copies[name]
         if value == "__skip__":  # covered by their own tests (custom data, the low-label split)

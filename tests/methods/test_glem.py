@@ -11,17 +11,6 @@ from tag_pipeline.methods.glem.config import GlemMethod
 from tag_pipeline.methods.glem.stage import GLEM_STAGE, glem_path, materialize_glem
 
 
-@pytest.fixture
-def stand_in_digests(monkeypatch):
-    """Graph content, split and LM weights as fixed strings: keys computable without data."""
-    import tag_pipeline.datasets as datasets
-    import tag_pipeline.features.text as text
-
-    monkeypatch.setattr(datasets, "graph_content_key", lambda p: "GRAPH")
-    monkeypatch.setattr(datasets, "split_key", lambda p, s: f"SPLIT{s}")
-    monkeypatch.setattr(text, "model_digest", lambda m: f"W:{m}")
-
-
 def test_default_keys_are_those_of_before_the_stage_refactor(stand_in_digests):
     # computed with lake.config_hash(GLEM_STAGE_VERSION, ...) and lake.artifact_dir before GLEM_STAGE existed
     graph = Path("/lake/cora/graph/abc")

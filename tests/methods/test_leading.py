@@ -128,17 +128,6 @@ def test_warmup_schedule_is_followed_and_its_absence_keeps_old_keys(shared_data,
 # --- the stage in the lake --------------------------------------------------------------------
 
 
-@pytest.fixture
-def stand_in_digests(monkeypatch):
-    """Graph content, split and LM weights as fixed strings: keys computable without data."""
-    import tag_pipeline.datasets as datasets
-    import tag_pipeline.features.text as text
-
-    monkeypatch.setattr(datasets, "graph_content_key", lambda p: "GRAPH")
-    monkeypatch.setattr(datasets, "split_key", lambda p, s: f"SPLIT{s}")
-    monkeypatch.setattr(text, "model_digest", lambda m: f"W:{m}")
-
-
 def test_default_keys_are_those_of_before_the_stage_refactor(stand_in_digests):
     from pathlib import Path
 

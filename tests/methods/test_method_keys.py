@@ -9,7 +9,6 @@ tests/methods/test_dre.py): set here to values off the CPU-float32 path, they mo
 
 from __future__ import annotations
 
-from typing import Literal, get_args, get_origin
 
 import pytest
 
@@ -44,28 +43,8 @@ OTHER = {
 }
 
 
-def _other(cls, name: str, value):
-    if (cls.__name__, name) in OTHER:
-        return OTHER[cls.__name__, name]
-    ann = cls.model_fields[name].annotation
-    args = [a for a in get_args(ann) if a is not type(None)]
-    if get_origin(ann) is Literal:
-        return next(a for a in get_args(ann) if a != value)
-    if value is None and args:
-        ann = args[0]
-    if ann is bool or isinstance(value, bool):
-        return not value
-    if isinstance(value, int) or ann is int:
-        return (value or 1) + 1
-    if isinstance(value, float) or ann is float:
-        return round(value + 0.05 if value is not None and value < 0.9 else 0.25, 4)
-    if isinstance(value, str) or ann is str:
-        return f"{value}-other"
-    raise AssertionError(f"{cls.__name__}.{name}: give an OTHER value")
-
-
 @pytest.mark.parametrize("cls", [GallonMethod, GlemMethod, LeadingMethod, DreMethod], ids=lambda c: c.__name__)
-def test_every_field_is_classified_and_moves_the_key_iff_it_is_in_it(cls, monkeypatch):
+def test_every_field_is_classified_and_moves_the_key_iff_it_is_in_it(cls, monkeypatch, other_value):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU machine's default path
@@ -77,7 +56,7 @@ def test_every_field_is_classified_and_moves_the_key_iff_it_is_in_it(cls, monkey
     for name in cls.model_fields:
         if name == "name":  # the discriminator
             continue
-        value = _other(cls, name, getattr(base, name))
+        value = other_value(cls, name, getattr(base, name), OTHER)
         changed = cls.model_validate(base.model_dump() | {name: value})  # a valid config
         moved = changed.key_fields() != k0
         if moved == (name in out):
