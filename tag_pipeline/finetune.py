@@ -45,7 +45,7 @@ from tag_pipeline.config import FinetuneConfig
 
 FINETUNE_STAGE_VERSION = 1
 #: The fine-tuned LM features: ``<lake>/<dataset>/features/<F>ft-s<seed>-<key>``, in the folder
-#: of the frozen ones and read like them; the manifest's ``stage`` says ``finetune``.
+#: of the frozen ones and read like them (the manifest's ``stage`` says ``features``, as before).
 FINETUNE_STAGE = lake.Stage(
     "finetune",
     FINETUNE_STAGE_VERSION,

@@ -737,11 +737,13 @@ class Stage:
     ``version`` did not, so a change of results cannot keep an old key by oversight.
 
     Args:
-        name: the lake folder (``<lake>/<dataset>/<folder>/...``) and the manifest's ``stage``.
+        name: the stage's name (unique in the library), and its lake folder
+            (``<lake>/<dataset>/<folder>/...``) and manifest ``stage`` unless ``folder`` says
+            otherwise.
         version: bumped whenever what the stage computes changes (its keys move).
         code: dotted module names whose code decides the artifact's contents.
-        folder: lake folder when it differs from ``name`` (fine-tuned features live beside
-            the frozen ones in ``features``).
+        folder: lake folder and manifest ``stage`` when they differ from ``name`` (fine-tuned
+            features live beside the frozen ones in ``features``, and are read like them).
     """
 
     name: str
@@ -790,12 +792,11 @@ class Stage:
             if not committed:
                 built = build()
                 with write_artifact(
-                    path, stage=self.name, config=built.config, inputs=built.inputs, rows=built.rows,
+                    path, stage=self.folder or self.name, config=built.config, inputs=built.inputs, rows=built.rows,
                     extra=built.extra,
                 ) as tmp:
                     built.write(tmp)
         return read(path)
-
 
     def code_digest(self) -> str:
         """sha256 (16 hex digits) of the code of :attr:`code`'s modules, docstrings and comments aside.

@@ -170,7 +170,7 @@ STAGE_TASK_OPTIONS = dict(
 
 def stage_task_options(**overrides: Any) -> dict[str, Any]:
     """:data:`STAGE_TASK_OPTIONS` with some options overridden (e.g. more retries for the LLM)."""
-    return STAGE_TASK_OPTIONS | {"cache_policy": _stage_policy()} | overrides
+    return STAGE_TASK_OPTIONS | overrides
 
 
 def reading(build: bool, stage: str):

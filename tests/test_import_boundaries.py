@@ -360,8 +360,8 @@ LEAF_CONFIGS = ("tag_pipeline.config", "tag_pipeline.llm.config")
 
 def is_config_module(name: str) -> bool:
     """A config module: ``config``, ``configs`` or ``*_config`` is a part of its dotted name
-    (``tag_pipeline.config``, ``tag_pipeline.llm.config``, ``tag_pipeline.methods.gallon_config``,
-    ``tag_pipeline.configs.gnn``)."""
+    (``tag_pipeline.config``, ``tag_pipeline.llm.config``, ``tag_pipeline.methods.gallon.config``,
+    ``tag_pipeline.finetune_config``)."""
     return any(p in ("config", "configs") or p.endswith("_config") for p in name.split(".")[1:])
 
 

@@ -343,3 +343,12 @@ def test_small_files_are_always_hashed(tmp_path, hash_memo, monkeypatch):
     lake.file_sha256(f)
     lake.file_sha256(f)
     assert len(hash_memo) == 2  # a lookup would cost as much as the hash
+
+
+def test_a_stage_with_a_folder_of_its_own_lives_and_says_its_stage_there(tmp_path):
+    """Fine-tuned features (stage ``finetune``) live in, and are read like, ``features``."""
+    stage = lake.Stage("demo-finetune", 1, folder="features")
+    path = stage.path(tmp_path, "toy", stage.key("x"), prefix="TAft-s0-")
+    assert path.parent == tmp_path / "toy" / "features"
+    built = stage.materialize(path, lambda: lake.Built(write=lambda tmp: (tmp / "x.txt").write_text("x")))
+    assert built == path and lake.read_artifact(path).manifest["stage"] == "features"

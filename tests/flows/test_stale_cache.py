@@ -3,8 +3,9 @@
 Each case edits something a stage reads from outside the lake, in place, under the same path,
 and reruns the same ``tag`` call: the stage that reads it must run again (``Completed``, a new
 artifact) instead of being served from Prefect's cache; rerun once more with no edit and
-every stage is ``Cached``. Before ``tasks.Lineage``, the cache key of these stages saw only
-their inputs (paths) and source, and all four edits were served the old result.
+every stage is ``Cached``. Before the cache key held the lake path (``tasks.StageLineage``),
+these stages' key saw only their inputs (paths) and source, and all four edits were served the
+old result.
 
 | edited                              | stage that must rerun |
 |-------------------------------------|-----------------------|
