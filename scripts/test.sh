@@ -4,6 +4,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$PROJECT_DIR/scripts/setup.sh"
+# llama.cpp's server for the local LLM backend's tests (built once per machine, ~5 minutes)
+bash "$PROJECT_DIR/scripts/setup_llama.sh"
+export TAG_REQUIRE_LOCAL_LLM=1
 cd "$PROJECT_DIR"
 # Tests start their own Prefect (prefect_test_harness): never a running server's API.
 unset PREFECT_API_URL PREFECT_HOME PREFECT_RESULTS_LOCAL_STORAGE_PATH

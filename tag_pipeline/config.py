@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # FinetuneConfig (lm.finetune) lives in its own config module, beside the fields LEADING shares with it
 from tag_pipeline.finetune_config import FinetuneConfig
-from tag_pipeline.llm.config import OfflineLLMConfig, OnlineLLMConfig
+from tag_pipeline.llm.config import LocalLLMConfig, OfflineLLMConfig, OnlineLLMConfig
 from tag_pipeline.methods import MethodConfig, TapeMethod
 
 Feature = Literal["TA", "E", "P"]
@@ -130,12 +130,15 @@ class LLMConfig(_Config):
 
     ``replay`` imports TAPE's recorded GPT-3.5 answers; ``online`` asks a chat-completions
     API through litellm + instructor (rate limits, retries, budget, persistent cache);
-    ``offline`` generates with vLLM on a GPU worker. All three fill the same response store.
+    ``offline`` generates with vLLM on a GPU worker; ``local`` starts llama.cpp's server on
+    this machine with a small GGUF model and asks it as ``online`` would. All fill the same
+    response store.
     """
 
-    backend: Literal["replay", "online", "offline"] = Field(
+    backend: Literal["replay", "online", "offline", "local"] = Field(
         "replay",
-        description="'replay' (TAPE's recorded answers), 'online' (litellm) or 'offline' (vLLM, GPU).",
+        description="'replay' (TAPE's recorded answers), 'online' (litellm), 'offline' (vLLM, GPU) "
+        "or 'local' (a llama.cpp server on this machine with a small GGUF model).",
     )
     model: str = Field("gpt-3.5-turbo-0301", description="Replay: the model that produced the answers.")
     responses_dir: Path | None = Field(
@@ -161,6 +164,7 @@ class LLMConfig(_Config):
     )
     online: OnlineLLMConfig = Field(OnlineLLMConfig(), description="Online backend (litellm).")
     offline: OfflineLLMConfig | None = Field(None, description="Offline backend (vLLM); needs model_path.")
+    local: LocalLLMConfig = Field(LocalLLMConfig(), description="Local backend (llama.cpp server, CPU).")
 
     @model_validator(mode="after")
     def _offline_needs_model(self) -> "LLMConfig":

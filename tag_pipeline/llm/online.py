@@ -148,6 +148,7 @@ class _NodeTally:
 
 
 _TALLY: contextvars.ContextVar[_NodeTally] = contextvars.ContextVar("tag_llm_node_tally")
+_ENDPOINT: contextvars.ContextVar[str | None] = contextvars.ContextVar("tag_llm_endpoint", default=None)
 _IN_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("tag_llm_in_run", default=False)
 
 
@@ -335,8 +336,9 @@ def generation_params(cfg: OnlineLLMConfig) -> dict[str, Any]:
 class _Run:
     """State shared by the workers of one :func:`answer_nodes_async` call."""
 
-    def __init__(self, cfg: OnlineLLMConfig, max_request_tokens: int) -> None:
+    def __init__(self, cfg: OnlineLLMConfig, max_request_tokens: int, source: str = SOURCE) -> None:
         self.cfg = cfg
+        self.source = source
         self.stats = OnlineStats()
         self.rpm = _limiter(_rate(cfg.rpm, request_burst(cfg)))
         self.tpm_burst = 0
@@ -411,6 +413,9 @@ class _Run:
     async def completion(self, **kwargs: Any) -> Any:
         """Send one chat completion through the limits, retries and budget; litellm signature."""
         kwargs.update(self.fixed_kwargs)
+        endpoint = _ENDPOINT.get()
+        if endpoint is not None:  # this worker's server (answer_nodes_async's api_bases)
+            kwargs["api_base"] = endpoint
         tally = _TALLY.get()
         estimate = estimate_tokens(kwargs.get("messages") or [], self.cfg.max_output_tokens)
         retrying = AsyncRetrying(
@@ -514,7 +519,7 @@ def _attempts(n: int) -> str:
     return f"{n} attempt" if n == 1 else f"{n} attempts"
 
 
-def _failure(reason: str, version: str, tally: _NodeTally) -> dict[str, Any]:
+def _failure(reason: str, version: str, tally: _NodeTally, source: str = SOURCE) -> dict[str, Any]:
     return {
         "status": "failed",
         "error": reason,
@@ -523,7 +528,7 @@ def _failure(reason: str, version: str, tally: _NodeTally) -> dict[str, Any]:
         "explanation": "",
         "prompt_tokens": tally.prompt_tokens or None,
         "completion_tokens": tally.completion_tokens or None,
-        "source": SOURCE,
+        "source": source,
         "prompt_version": version,
     }
 
@@ -570,20 +575,20 @@ async def _ask(
         reason = (
             f"answer cut off at max_output_tokens={cfg.max_output_tokens} (finish_reason=length)"
         )
-        return _failure(reason, version, tally), True
+        return _failure(reason, version, tally, run.source), True
     except InstructorRetryException as e:
         cause = e.__cause__ or tally.last_error or e
         if isinstance(cause, _PARSE_ERRORS):
             reason = (
                 f"invalid answer after {_attempts(tally.responses)}: {validation_summary(cause)}"
             )
-            return _failure(reason, version, tally), True
+            return _failure(reason, version, tally, run.source), True
         if isinstance(cause, (BudgetExhausted, RunAborted)):
-            return _failure(str(cause), version, tally), False
+            return _failure(str(cause), version, tally, run.source), False
         reason = f"request failed after {_attempts(tally.calls)}: {_error_reason(cause)}"
-        return _failure(reason, version, tally), False
+        return _failure(reason, version, tally, run.source), False
     except (BudgetExhausted, RunAborted) as e:
-        return _failure(str(e), version, tally), False
+        return _failure(str(e), version, tally, run.source), False
     choice = completion.choices[0]
     record = {
         "status": "ok",
@@ -596,7 +601,7 @@ async def _ask(
         "completion_tokens": tally.completion_tokens or None,
         "response_id": getattr(completion, "id", None),
         "created_unix": getattr(completion, "created", None),
-        "source": SOURCE,
+        "source": run.source,
         "prompt_version": version,
     }
     return record, True
@@ -609,13 +614,18 @@ async def answer_nodes_async(
     cfg: OnlineLLMConfig,
     *,
     progress: bool = True,
+    key_of: Callable[[str], str] | None = None,
+    max_explanation_chars: int | None = None,
+    dedupe_labels: bool = False,
+    api_bases: Sequence[str] | None = None,
+    source: str = SOURCE,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Coroutine form of :func:`answer_nodes` (for callers already inside an event loop)."""
     t_start = time.monotonic()
     names = list(class_names)
     version = prompt_version(dataset, cfg.template_version)
-    key_of = node_answer_key(dataset, names, cfg)
-    model = answer_model(names, cfg.top_k)
+    key_of = key_of or node_answer_key(dataset, names, cfg)
+    model = answer_model(names, cfg.top_k, max_explanation_chars, dedupe_labels)
     # instructor wraps a plain model in a new pydantic class on every call; once is enough
     wrapped = instructor.openai_schema(model)
 
@@ -644,7 +654,7 @@ async def answer_nodes_async(
         max_request = max(
             (estimate_tokens(m, cfg.max_output_tokens) for m in messages.values()), default=1
         )
-        run = _Run(cfg, max_request)
+        run = _Run(cfg, max_request, source)
         s = run.stats
         s.nodes, s.unique_texts = len(nodes), len(groups)
         s.cache_hits = sum(len(groups[k]) for k in results)
@@ -658,11 +668,13 @@ async def answer_nodes_async(
         )
         queue = iter(pending)
 
-        async def worker() -> None:
+        async def worker(index: int) -> None:
             _IN_RUN.set(True)
+            if api_bases:
+                _ENDPOINT.set(api_bases[index % len(api_bases)])
             for key in queue:
                 if run.stop_reason is not None:
-                    record, cacheable = _failure(run.stop_reason, version, _NodeTally()), False
+                    record, cacheable = _failure(run.stop_reason, version, _NodeTally(), source), False
                 else:
                     record, cacheable = await _answer_one(
                         run, client, wrapped, messages[key], names, version
@@ -680,7 +692,7 @@ async def answer_nodes_async(
             gc.freeze()  # see the module docstring: full collections stop re-scanning libraries
         try:
             workers = min(cfg.max_concurrency, len(pending))
-            await asyncio.gather(*(worker() for _ in range(workers)))
+            await asyncio.gather(*(worker(i) for i in range(workers)))
         finally:
             if frozen:
                 gc.unfreeze()
@@ -716,6 +728,11 @@ def answer_nodes(
     cfg: OnlineLLMConfig,
     *,
     progress: bool = True,
+    key_of: Callable[[str], str] | None = None,
+    max_explanation_chars: int | None = None,
+    dedupe_labels: bool = False,
+    api_bases: Sequence[str] | None = None,
+    source: str = SOURCE,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Ask an online LLM to rank the classes of every node and explain, with cache and limits.
 
@@ -730,6 +747,19 @@ def answer_nodes(
         cfg (OnlineLLMConfig): model, endpoint, limits, budget and cache folder.
         progress (bool, optional): show a tqdm progress bar (nodes answered, cache hits
             included). (default: ``True``)
+        key_of (Callable[[str], str], optional): ``text -> answer cache key``; the local
+            backend keys by the model file's digest instead of the endpoint. (default:
+            :func:`node_answer_key` of ``cfg``)
+        max_explanation_chars (int, optional): cap of the answer schema's explanation
+            (:func:`~tag_pipeline.llm.schema.answer_model`); ``key_of`` must then key it.
+            (default: ``None``)
+        dedupe_labels (bool, optional): keep a repeated class at its first rank instead of
+            re-asking (:func:`~tag_pipeline.llm.schema.answer_model`); ``key_of`` must then
+            key it. (default: ``False``)
+        api_bases (Sequence[str], optional): endpoints to spread the requests over, worker
+            ``i`` sending to ``api_bases[i % len]`` (several local servers). (default: ``None``,
+            ``cfg.api_base``)
+        source (str, optional): the rows' ``source``. (default: ``"online:litellm"``)
 
     Returns:
         tuple[pl.DataFrame, dict]: the response table, one row per node sorted by
@@ -750,4 +780,8 @@ def answer_nodes(
         FileNotFoundError: no prompt template for ``cfg.template_version``.
         RuntimeError: called from a running event loop (use :func:`answer_nodes_async`).
     """
-    return asyncio.run(answer_nodes_async(nodes, dataset, class_names, cfg, progress=progress))
+    return asyncio.run(answer_nodes_async(
+        nodes, dataset, class_names, cfg, progress=progress, key_of=key_of,
+        max_explanation_chars=max_explanation_chars, dedupe_labels=dedupe_labels,
+        api_bases=api_bases, source=source,
+    ))

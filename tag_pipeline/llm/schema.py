@@ -46,7 +46,7 @@ class AnswerBase(BaseModel):
     explanation: str
 
 
-def _validators(class_names: tuple[str, ...], k: int) -> dict[str, Any]:
+def _validators(class_names: tuple[str, ...], k: int, dedupe: bool = False) -> dict[str, Any]:
     """The field validators of an answer model for ``class_names`` and at most ``k`` labels."""
     folded: dict[str, str] = {}
     for name in class_names:
@@ -73,6 +73,8 @@ def _validators(class_names: tuple[str, ...], k: int) -> dict[str, Any]:
         ]
 
     def distinct_labels(cls: type, value: list[str]) -> list[str]:
+        if dedupe:  # keep each class's first (highest) rank
+            return list(dict.fromkeys(value))
         repeated = sorted({v for v in value if value.count(v) > 1})
         if repeated:
             raise ValueError(
@@ -93,7 +95,9 @@ def _validators(class_names: tuple[str, ...], k: int) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_answer_model(class_names: tuple[str, ...], k: int) -> type[AnswerBase]:
+def _cached_answer_model(
+    class_names: tuple[str, ...], k: int, max_chars: int | None, dedupe: bool
+) -> type[AnswerBase]:
     label = Literal[class_names]  # type: ignore[valid-type]
     model = create_model(
         ANSWER_MODEL_NAME,
@@ -102,7 +106,7 @@ def _cached_answer_model(class_names: tuple[str, ...], k: int) -> type[AnswerBas
             "The classes this item most likely belongs to, most likely first, and an "
             "explanation of the choice."
         ),
-        __validators__=_validators(class_names, k),
+        __validators__=_validators(class_names, k, dedupe),
         ranked_labels=(
             list[label],  # type: ignore[valid-type]
             Field(
@@ -120,27 +124,41 @@ def _cached_answer_model(class_names: tuple[str, ...], k: int) -> type[AnswerBas
             Field(
                 description="Why these classes fit the text, citing evidence from it.",
                 min_length=1,
+                max_length=max_chars,
+                # with a cap, plain text only: llama.cpp's grammar for a bare string admits raw
+                # control characters (a newline), which no JSON parser accepts
+                pattern=None if max_chars is None else rf'^[^"\\\x00-\x1f]{{1,{max_chars}}}$',
             ),
         ),
     )
     return model
 
 
-def answer_model(class_names: Sequence[str], k: int | None = None) -> type[AnswerBase]:
+def answer_model(
+    class_names: Sequence[str],
+    k: int | None = None,
+    max_explanation_chars: int | None = None,
+    dedupe_labels: bool = False,
+) -> type[AnswerBase]:
     """Pydantic model of one node's answer: 1..``k`` ranked class names and an explanation.
 
     The model (named :data:`ANSWER_MODEL_NAME`) has two fields:
 
     - ``ranked_labels`` (``list[Literal[*class_names]]``, 1 to ``k`` items, distinct; JSON
       schema ``minItems``/``maxItems``/``uniqueItems``): an empty list, more than ``k``
-      items, a name that is not a class, or a repeated class each fail with a message saying
+      items, a name that is not a class, or a repeated class (unless ``dedupe_labels``, which
+      keeps each class's first rank) each fail with a message saying
       what is wrong and listing what is allowed, which instructor sends back to the LLM when
       it re-asks. Names equal to a class up to case, spaces, ``_`` and ``-`` are first mapped
       to the exact class name.
-    - ``explanation`` (``str``): must contain non-blank text.
+    - ``explanation`` (``str``): must contain non-blank text, and at most
+      ``max_explanation_chars`` characters when given (JSON schema ``maxLength``: a server
+      that compiles the schema into a grammar, as llama.cpp's does, stops the text there),
+      and then plain text without ``"``, ``\\`` or control characters (a ``pattern``:
+      llama.cpp's grammar of a bare string lets a raw newline through, which is not JSON).
 
-    Models are cached: the same ``(class_names, k)`` returns the same class (instructor and
-    pydantic then reuse its schema and validator).
+    Models are cached: the same ``(class_names, k, max_explanation_chars)`` returns the same
+    class (instructor and pydantic then reuse its schema and validator).
 
     Args:
         class_names (Sequence[str]): the ``C`` class names in label order.
@@ -162,7 +180,10 @@ def answer_model(class_names: Sequence[str], k: int | None = None) -> type[Answe
         raise ValueError(f"repeated class name in {list(names)}")
     if k is not None and k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    return _cached_answer_model(names, len(names) if k is None else min(k, len(names)))
+    if max_explanation_chars is not None and max_explanation_chars < 1:
+        raise ValueError(f"max_explanation_chars must be >= 1, got {max_explanation_chars}")
+    k = len(names) if k is None else min(k, len(names))
+    return _cached_answer_model(names, k, max_explanation_chars, dedupe_labels)
 
 
 def labels_to_indices(ranked_labels: Sequence[str], class_names: Sequence[str]) -> list[int]:

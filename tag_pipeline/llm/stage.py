@@ -130,6 +130,11 @@ def _live_key(graph_path: Path, graph: TAGraph, llm: LLMConfig) -> str:
 
         c = llm.online
         model = {"model": c.model, "api_base": c.api_base}
+    elif llm.backend == "local":
+        from tag_pipeline.llm.local import generation_params, model_identity
+
+        c = llm.local
+        model = model_identity(c)  # the file's sha256, not its path or the server's port
     else:
         from tag_pipeline.llm.offline import generation_params
 
@@ -173,6 +178,10 @@ def _ask_nodes(
         from tag_pipeline.llm.online import answer_nodes
 
         df, stats = answer_nodes(nodes, graph.name, graph.class_names, llm.online, progress=progress)
+    elif llm.backend == "local":
+        from tag_pipeline.llm.local import answer_nodes_local
+
+        df, stats = answer_nodes_local(nodes, graph.name, graph.class_names, llm.local, progress=progress)
     elif llm.backend == "offline":
         from tag_pipeline.llm.offline import answer_nodes_offline
 
@@ -180,7 +189,7 @@ def _ask_nodes(
             nodes, graph.name, graph.class_names, llm.offline, progress=progress, engine=engine
         )
     else:
-        raise ValueError(f"ask_llm handles online/offline, not {llm.backend!r}")
+        raise ValueError(f"ask_llm handles online/local/offline, not {llm.backend!r}")
     unanswered = int(stats.get("failed", 0)) - int(stats.get("failed_invalid", 0))
     if stats.get("budget_exhausted"):
         raise LLMBudgetExhausted(
@@ -395,6 +404,10 @@ def _answer_key_fn(graph: TAGraph, llm: LLMConfig):
         from tag_pipeline.llm.online import node_answer_key
 
         c = llm.online
+    elif llm.backend == "local":
+        from tag_pipeline.llm.local import node_answer_key
+
+        c = llm.local
     else:
         from tag_pipeline.llm.offline import node_answer_key
 
@@ -412,7 +425,10 @@ def split_llm_limits(llm: LLMConfig, workers: int) -> LLMConfig:
     shard task has its own token buckets, so ``workers`` tasks at ``rpm / workers`` each send at
     most ``rpm`` requests/min together; only the buckets' start-up bursts add up (at most
     ``max(1, round(rpm / workers * burst_s / 60))`` requests per shard start). Budgets are split
-    per shard, not per worker: see :func:`plan_llm_fan_out`. Offline (vLLM) and replay: returned
+    per shard, not per worker: see :func:`plan_llm_fan_out`. Local: with a shared ``api_base``,
+    its ``rpm`` and ``max_concurrency`` are divided likewise; else every worker starts its own
+    servers, and the machine's cores are divided among the workers (``servers`` of ``threads``
+    each; with workers on several machines, set ``llm.local.servers`` yourself). Offline (vLLM) and replay: returned
     unchanged (each worker needs a GPU of its own; nothing is rate-limited).
 
     Args:
@@ -428,6 +444,15 @@ def split_llm_limits(llm: LLMConfig, workers: int) -> LLMConfig:
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if llm.backend == "local" and workers > 1:
+        c = llm.local
+        if c.api_base is not None:  # one shared server: share its request rate and queue
+            update = {"rpm": c.rpm / workers, "max_concurrency": max(1, (c.max_concurrency or 2) // workers)}
+        else:  # each worker starts its own servers: share the machine's cores among them
+            from tag_pipeline.llm.local import server_count
+
+            update = {"servers": c.servers or max(1, server_count(c) // workers)}
+        return llm.model_copy(update={"local": c.model_copy(update=update)})
     if llm.backend != "online" or workers == 1:
         return llm
     c = llm.online
@@ -616,8 +641,8 @@ def ask_llm_shard(
         IndexError: no such shard.
         LLMBudgetExhausted, LLMStageIncomplete: see :func:`ask_llm` (answers so far cached).
     """
-    if llm.backend not in ("online", "offline"):
-        raise ValueError(f"ask_llm_shard handles online/offline, not {llm.backend!r}")
+    if llm.backend not in ("online", "local", "offline"):
+        raise ValueError(f"ask_llm_shard handles online/local/offline, not {llm.backend!r}")
     t_start = time.monotonic()
     graph = open_graph(graph_path)
     if graph.text is None:
@@ -638,7 +663,7 @@ def ask_llm_shard(
         engine = _SharedEngine(llm.offline) if llm.backend == "offline" else None
         with _ONE_SHARD_AT_A_TIME:
             _, stats = _ask_nodes(nodes, graph, llm, progress=progress, engine=engine)
-        requests = stats.get("calls") if llm.backend == "online" else stats.get("generated")
+        requests = stats.get("generated") if llm.backend == "offline" else stats.get("calls")
         out |= {"cache_hits": int(stats.get("cache_hits", 0)), "requests": int(requests or 0),
                 "failed": int(stats.get("failed", 0))}
     return out | {"wall_s": round(time.monotonic() - t_start, 3)}
