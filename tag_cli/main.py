@@ -3,6 +3,7 @@
     tag --config configs/cora.yaml --gnn.hidden 256 --seeds '[0,1]'
     tag lake ...                        # the lake's own subcommands (tag_cli.lake)
     tag predict --nodes new.csv         # labels for new nodes from a trained run (tag_cli.predict)
+    tag compare --methods '["tape","gallon"]' [options]   # one leaderboard (tag_cli.compare)
 
 Every field of :class:`tag_pipeline.config.PipelineConfig` is an option (``tag --help``
 lists them with their defaults). Precedence: command line > YAML file > ``TAG_*``
@@ -54,7 +55,8 @@ RUN_ERROR = 1  # exit status: the flow failed
 USAGE = f"""\
 {PROG} [--config FILE.yaml] [--print-config] [overrides...]
        {PROG} lake ...   (the data lake's subcommands: '{PROG} lake --help')
-       {PROG} predict --nodes NEW.csv [--edges E.csv] [--run PATH]   (labels for new nodes)"""
+       {PROG} predict --nodes NEW.csv [--edges E.csv] [--run PATH]   (labels for new nodes)
+       {PROG} compare --methods '["tape","gallon"]' [options]   (several methods, one leaderboard)"""
 DESCRIPTION = """\
 Run the TAPE pipeline (the Prefect flow 'tag') in this process.
 
@@ -496,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_lake(argv[1:])
     if argv[:1] == ["predict"]:
         return importlib.import_module("tag_cli.predict").main(argv[1:])
+    if argv[:1] == ["compare"]:
+        return importlib.import_module("tag_cli.compare").main(argv[1:])
     try:
         cfg, own = parse_config(argv)
     except UsageError as exc:
