@@ -12,7 +12,7 @@ from tag_pipeline import lake
 from tag_pipeline.methods import MethodBase, TapeMethod, method_spec, resolve
 from tag_pipeline.methods.tape.config import TAPE_PUBLISHED
 
-REPORT_STAGE_VERSION = 2  # 2: one-seed cells without "± 0.0000"
+REPORT_STAGE_VERSION = 3  # 2: one-seed cells without "± 0.0000"; 3: metrics.parquet gains "inputs", GALLON names the features read
 #: The report's artifact: its text is laid out here and by each method's report sections.
 REPORT_STAGE = lake.Stage("report", REPORT_STAGE_VERSION, code=("tag_pipeline.report", "tag_pipeline.methods"))
 METRICS_FILE = "metrics.parquet"
@@ -37,19 +37,23 @@ def metrics_frame(dataset: str, runs: Sequence[Mapping]) -> pl.DataFrame:
         (``frozen`` or ``finetuned``: the encoder behind TA/E; P runs carry the mode of the
         ensemble they belong to), ``seed`` int64, ``split`` utf8 (val, test), ``accuracy`` float64,
         ``method`` utf8 (``tape`` when absent), ``infer_ms_per_node`` float64 (forward time per
-        node in ms where the method measured it, else null). Runs of other methods carry their variant
-        (``student``, ``gnn-teacher`` ...) in ``feature``.
+        node in ms where the method measured it, else null), ``inputs`` utf8 (the features a
+        method's variant really read, ``"TA+E"``, where its summary lists them in ``features``,
+        else null). Runs of other methods carry their variant (``student``, ``gnn-teacher`` ...)
+        in ``feature``.
     """
     rows = [
         {"dataset": dataset, "model": r["model"], "feature": r.get("feature", r.get("variant")),
          "lm": r.get("lm", "frozen"), "seed": int(r["seed"]), "split": split,
          "accuracy": float(r[f"{split}_acc"]), "method": r.get("method", "tape"),
-         "infer_ms_per_node": r.get("infer_ms_per_node")}
+         "infer_ms_per_node": r.get("infer_ms_per_node"),
+         "inputs": "+".join(r["features"]) if isinstance(r.get("features"), (list, tuple)) else None}
         for r in runs
         for split in ("val", "test")
     ]
     schema = {"dataset": pl.Utf8, "model": pl.Utf8, "feature": pl.Utf8, "lm": pl.Utf8, "seed": pl.Int64,
-              "split": pl.Utf8, "accuracy": pl.Float64, "method": pl.Utf8, "infer_ms_per_node": pl.Float64}
+              "split": pl.Utf8, "accuracy": pl.Float64, "method": pl.Utf8, "infer_ms_per_node": pl.Float64,
+              "inputs": pl.Utf8}
     return pl.DataFrame(rows, schema=schema).sort("model", "feature", "lm", "seed", "split")
 
 

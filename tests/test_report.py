@@ -44,9 +44,11 @@ def test_metrics_frame_schema_and_rows():
     m = metrics_frame("cora", RUNS)
     assert m.schema == pl.Schema(
         {"dataset": pl.Utf8, "model": pl.Utf8, "feature": pl.Utf8, "lm": pl.Utf8, "seed": pl.Int64,
-         "split": pl.Utf8, "accuracy": pl.Float64, "method": pl.Utf8, "infer_ms_per_node": pl.Float64}
+         "split": pl.Utf8, "accuracy": pl.Float64, "method": pl.Utf8, "infer_ms_per_node": pl.Float64,
+         "inputs": pl.Utf8}
     )
     assert set(m["method"]) == {"tape"} and m["infer_ms_per_node"].null_count() == m.height
+    assert m["inputs"].null_count() == m.height  # TAPE's runs list no read features
     assert m.height == 2 * len(RUNS)
     assert set(m["dataset"]) == {"cora"}
     assert set(m["split"]) == {"val", "test"}
@@ -63,7 +65,7 @@ def test_metrics_frame_coerces_types_and_handles_no_runs():
     assert m["accuracy"].dtype == pl.Float64
     empty = metrics_frame("toy", [])
     assert empty.height == 0 and empty.columns == [
-        "dataset", "model", "feature", "lm", "seed", "split", "accuracy", "method", "infer_ms_per_node"
+        "dataset", "model", "feature", "lm", "seed", "split", "accuracy", "method", "infer_ms_per_node", "inputs"
     ]
 
 

@@ -35,7 +35,7 @@ def test_tag_flow_on_cora_slice_then_all_cache_hits(
 
     metrics = pl.read_parquet(out["metrics"])
     assert metrics.columns == [
-        "dataset", "model", "feature", "lm", "seed", "split", "accuracy", "method", "infer_ms_per_node"
+        "dataset", "model", "feature", "lm", "seed", "split", "accuracy", "method", "infer_ms_per_node", "inputs"
     ]
     assert set(metrics["method"]) == {"tape"} and out["method"] == "tape"
     assert {(r["model"], r["feature"], r["seed"]) for r in out["runs"]} == {

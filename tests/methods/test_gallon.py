@@ -248,3 +248,21 @@ def test_the_key_is_the_stage_version_and_its_parts():
     feats = {"TA": "/l/cora/features/TA-a", "E": "/l/cora/features/E-b"}
     assert gallon_key("g-s", "/l/cora/ensemble/gcn-TAPE-s0-k", feats, cfg, 0) == lake.config_hash(
         2, "g-s", "gcn-TAPE-s0-k", {"E": "E-b", "TA": "TA-a"}, 0, cfg.key_fields())
+
+
+def test_the_report_names_the_features_the_lm_teacher_really_read():
+    """On a dataset with TA only, the LM teacher reads TA alone: the report says so (it said
+    "TA+E" whatever was read); seeds that read different sets show both."""
+    from tag_pipeline.methods.gallon.report import gallon_sections
+    from tag_pipeline.report import metrics_frame
+
+    def run(variant, seed, features, lm="frozen"):
+        return {"method": "gallon", "model": "linear" if variant == "lm-teacher" else "mlp", "variant": variant,
+                "feature": variant, "seed": seed, "lm": lm, "val_acc": 0.5, "test_acc": 0.5, "features": features}
+
+    runs = [run("student", 0, ["TA"]), run("lm-teacher", 0, ["TA"]), run("lm-teacher", 1, ["TA"])]
+    text = "\n".join(gallon_sections(GallonMethod(), "mine", metrics_frame("mine", runs)))
+    assert "| LM teacher (linear head on frozen TA) |" in text and "TA+E" not in text
+    runs = [run("lm-teacher", 0, ["TA", "E"], "finetuned"), run("lm-teacher", 1, ["TA"], "finetuned")]
+    text = "\n".join(gallon_sections(GallonMethod(), "mine", metrics_frame("mine", runs)))
+    assert "LM teacher (linear head on fine-tuned TA/TA+E)" in text

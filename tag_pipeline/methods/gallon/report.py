@@ -11,9 +11,15 @@ from tag_pipeline.report import MODEL_TITLES, _cell, tape_accuracy_section
 GALLON_VARIANTS = (
     ("student", "MLP student (distilled; no edges at inference)"),
     ("mlp", "plain MLP (same features, CE only)"),
-    ("lm-teacher", "LM teacher (linear head on frozen TA+E)"),
+    ("lm-teacher", "LM teacher (linear head on {lm} {inputs})"),
     ("gnn-teacher", "GNN teacher (h_TAPE, chosen on validation)"),
 )
+
+
+def _read(rows: pl.DataFrame, column: str) -> str:
+    """The distinct values of ``column`` over the seeds' rows, ``/``-joined (``"?"`` if none)."""
+    values = sorted({v for v in rows[column].to_list() if v})
+    return "/".join(values) or "?"
 
 
 def gallon_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> list[str]:
@@ -30,7 +36,11 @@ def gallon_sections(method: MethodBase, dataset: str, metrics: pl.DataFrame) -> 
         if rows.is_empty():
             continue
         models = sorted(set(rows["model"].to_list()))
-        label = title if variant != "gnn-teacher" else f"{title}: {', '.join(MODEL_TITLES.get(m, m) for m in models)}"
+        if variant == "gnn-teacher":
+            label = f"{title}: {', '.join(MODEL_TITLES.get(m, m) for m in models)}"
+        else:  # the features the run really read (a TA-only dataset's LM teacher reads TA alone)
+            lm = _read(rows, "lm").replace("finetuned", "fine-tuned")
+            label = title.format(lm=lm, inputs=_read(rows, "inputs"))
         ms = rows["infer_ms_per_node"].drop_nulls()
         out.append(f"| {label} | {_cell(rows.filter(pl.col('split') == 'test')['accuracy'].to_list())} | "
                    f"{_cell(rows.filter(pl.col('split') == 'val')['accuracy'].to_list())} | "
