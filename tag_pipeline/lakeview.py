@@ -316,6 +316,11 @@ def describe(manifest: Mapping[str, Any] | None, stage: str | None = None) -> st
                 return f"online {on.get('model', '?')}" + (f" at {on['api_base']}" if on.get("api_base") else "")
             if backend == "offline":
                 return f"offline {(cfg.get('offline') or {}).get('model_path', '?')}"
+            if backend == "local":
+                loc = cfg.get("local") or {}
+                server = ((manifest.get("stats") or {}).get("backend") or {}).get("server") or {}
+                digest = f" (sha256 {server['model_sha256'][:12]})" if server.get("model_sha256") else ""
+                return f"local {loc.get('model', '?')}{digest}" + (f" at {loc['api_base']}" if loc.get("api_base") else "")
             return f"{backend} {cfg.get('model', '?')}"
         if stage == "features":
             feature = manifest.get("feature", "?")
@@ -665,7 +670,7 @@ def _llm_answers(art: _Art, dataset: str, node_id: int, text: str | None, name_o
     out = []
     for r in pl.scan_parquet(f).filter(pl.col("node_id") == node_id).collect().iter_rows(named=True):
         prompt, note = None, None
-        if backend in ("online", "offline"):
+        if backend in ("online", "offline", "local"):
             c = cfg.get(backend) or {}
             try:
                 prompt = build_messages(dataset, class_names, text or "", c.get("template_version", "v1"), k=c.get("top_k"))

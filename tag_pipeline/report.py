@@ -201,6 +201,7 @@ def _llm_section(dataset: str, llm_stats: Mapping) -> list[str]:
             f"over {agreement['n_compared']} nodes"
         )
     out += [f"- {k}: {llm_stats[k]}" for k in ("n_failed", "n_no_label") if k in llm_stats]
+    out += _asking_lines(llm_stats.get("backend"))
     failed = llm_stats.get("failed_nodes")
     if failed:
         more = llm_stats.get("n_failed", len(failed)) - len(failed)
@@ -209,6 +210,33 @@ def _llm_section(dataset: str, llm_stats: Mapping) -> list[str]:
             f"{', '.join(map(str, failed))}" + (f" and {more} more" if more > 0 else "")
         )
     return out + [""]
+
+
+def _asking_lines(backend: Mapping | None) -> list[str]:
+    """What asking a live LLM cost (the online/local backends' stats in the manifest): parse
+    rate, re-asks, failures, tokens in and out, answers/s, and the local server."""
+    if not isinstance(backend, Mapping) or not backend.get("nodes"):
+        return []
+    nodes, ok = int(backend["nodes"]), int(backend.get("ok", 0))
+    out = [
+        f"- Answers: {ok} of {nodes} nodes valid ({ok / nodes:.2%}), {backend.get('failed', 0)} failed "
+        f"({backend.get('failed_invalid', 0)} invalid after re-asks); {backend.get('calls', 0)} requests, "
+        f"{backend.get('reasks', 0)} re-asks, {backend.get('retries', 0)} retries; "
+        f"{backend.get('cache_hits', 0)} nodes from the answer cache",
+        f"- Tokens: {backend.get('prompt_tokens', 0):,} in, {backend.get('completion_tokens', 0):,} out; "
+        f"{backend.get('wall_s', 0.0):.1f} s asking",
+    ]
+    if backend.get("answers_per_s"):
+        out[-1] += (f", {backend['answers_per_s']:.3f} answers/s, "
+                    f"{backend.get('completion_tokens_per_s') or 0:.1f} completion tokens/s")
+    server = backend.get("server")
+    if isinstance(server, Mapping):
+        where = server.get("api_base") or (
+            f"{server.get('servers', '?')} llama-cpp-python {server.get('version')} server(s) of "
+            f"{server.get('threads', '?')} thread(s)" if server.get("started", True) else "no server (all cached)")
+        out.append(f"- Local model: {Path(str(server.get('model_file', '?'))).name} "
+                   f"(sha256 {str(server.get('model_sha256', '?'))[:12]}), {where}")
+    return out
 
 
 def failed_answer_nodes(responses: Path | str, limit: int = 20) -> list[int]:

@@ -193,12 +193,28 @@ def test_report_inputs_keep_frozen_and_finetuned_runs_apart(tmp_path):
     }
 
 
-def test_report_keys_are_those_of_before_the_stage_mechanism(tmp_path):
-    """The report's lake key must not move (computed with commit 4183647's code, before
-    ``REPORT_STAGE``): TAPE's without the method's name, other methods' with it."""
+def test_report_keys_are_pinned(tmp_path):
+    """The report's lake key moves only with its version: TAPE's without the method's name,
+    other methods' with it. (Version 2's keys, 85fbb0a1afebc474 / 2288149629da6afa, were those
+    of commit 4183647, before ``REPORT_STAGE``; version 3 added ``inputs`` to metrics.parquet.)"""
     from tag_pipeline.methods import GallonMethod
 
     path, _ = materialize_report("cora", RUNS, {"train": 3.0}, {"graph": "g"}, tmp_path)
-    assert path.name == "85fbb0a1afebc474"
+    assert path.name == "83a70b9ceb5f7388"
     path, _ = materialize_report("cora", RUNS, {"train": 3.0}, {"graph": "g"}, tmp_path, method=GallonMethod())
-    assert path.name == "2288149629da6afa" and lake.read_artifact(path).manifest["stage"] == "report"
+    assert path.name == "6cc6471233293089" and lake.read_artifact(path).manifest["stage"] == "report"
+
+
+def test_the_llm_section_shows_what_asking_a_live_llm_cost():
+    backend = {"nodes": 10, "ok": 9, "failed": 1, "failed_invalid": 1, "calls": 12, "reasks": 2, "retries": 0,
+               "cache_hits": 0, "prompt_tokens": 4000, "completion_tokens": 900, "wall_s": 20.0,
+               "answers_per_s": 0.5, "completion_tokens_per_s": 45.0,
+               "server": {"model_file": "/x/SmolLM2.gguf", "model_sha256": "b179c9523d0e6a0f", "version": "0.3.36",
+                          "servers": 2, "threads": 1}}
+    text = render_report("cora", metrics_frame("cora", RUNS), {}, {}, llm_stats={"llm_top1_accuracy": 0.2,
+                         "n_failed": 1, "backend": backend})
+    assert "- Answers: 9 of 10 nodes valid (90.00%), 1 failed (1 invalid after re-asks); 12 requests, 2 re-asks" in text
+    assert "- Tokens: 4,000 in, 900 out; 20.0 s asking, 0.500 answers/s, 45.0 completion tokens/s" in text
+    assert "- Local model: SmolLM2.gguf (sha256 b179c9523d0e), 2 llama-cpp-python 0.3.36 server(s) of 1 thread(s)" in text
+    replay = render_report("cora", metrics_frame("cora", RUNS), {}, {}, llm_stats={"llm_top1_accuracy": 0.6769})
+    assert "- Answers:" not in replay and "- Tokens:" not in replay
