@@ -221,3 +221,28 @@ def test_tag_runs_a_users_own_tag_end_to_end_with_the_local_llm(prefect_harness,
     assert len(manifest["stats"]["backend"]["server"]["model_sha256"]) == 64
     features = {p.name.split("-")[0] for p in (lake / "nodes" / "features").iterdir() if not p.name.startswith(".")}
     assert {"TA", "E", "P"} <= features, features
+
+
+def test_shards_ask_the_local_server_and_the_stage_commits_from_the_cache(shared_data, tmp_path):
+    """The fan-out's unit of work (a shard task, as each Dask worker runs it) with the local
+    backend: each shard starts its own server (the plan shares the cores among the workers),
+    fills the answer cache, and the stage then commits the answer set without a request."""
+    from tag_pipeline.config import LLMConfig
+    from tag_pipeline.datasets import materialize_graph, open_graph
+    from tag_pipeline.lake import read_artifact
+    from tag_pipeline.llm import stage
+
+    dataset = DatasetConfig(root=shared_data, subset=10)
+    graph = materialize_graph(dataset, [0], tmp_path / "lake")
+    llm = LLMConfig(backend="local", local=LocalLLMConfig(cache_dir=tmp_path / "cache", threads=1))
+    plan = stage.plan_llm_fan_out(graph, llm, tmp_path / "lake", shard_size=5, workers=2)
+    assert plan.shards == [0, 1] and plan.texts == 10
+    assert plan.llm.local.servers == 1  # 2 cores, 2 workers: one 1-thread server each
+    g = open_graph(graph)
+    assert stage._live_key(graph, g, plan.llm) == stage._live_key(graph, g, llm)  # the split keeps the keys
+    done = [stage.ask_llm_shard(graph, plan.llm, shard, 5) for shard in plan.shards]
+    assert [d["texts"] for d in done] == [5, 5] and all(d["requests"] >= 5 for d in done)
+    assert stage.plan_llm_fan_out(graph, llm, tmp_path / "lake", 5, 2).reason == "every answer is in the cache"
+    path = stage.materialize_responses(graph, dataset, llm, tmp_path / "lake")
+    backend = read_artifact(path, verify=False).manifest["stats"]["backend"]
+    assert backend["calls"] == 0 and backend["cache_hits"] == 10 and backend["server"]["started"] is False
