@@ -230,6 +230,33 @@ def dre_stages(run: MethodRun) -> list[RunSummary]:
     return out
 
 
+def stack_stages(run: MethodRun) -> list[RunSummary]:
+    """Stack (tag_pipeline.methods.stack): each member method's stages with its default config
+    (found in the lake when they already ran), then per seed one ensemble selection over the
+    members' stored predictors, fit on that seed's validation nodes."""
+    import dataclasses
+
+    from tag_pipeline.methods import method_config
+    from tag_pipeline.methods.stack.stage import candidate_files
+
+    cfg, method = run.cfg, run.cfg.method
+    members: list[RunSummary] = []
+    for name in method.members:
+        member = dataclasses.replace(run, cfg=cfg.model_copy(update={"method": method_config(name)}))
+        members += stages_function(name)(member)
+    if cfg.stop_after in ("features", "train"):  # the stack is an ensemble stage
+        return members
+    out = list(members)
+    with run.timed("stack"):
+        for seed in cfg.seeds:
+            candidates = candidate_files([m.model_dump() for m in members if m.seed == seed])
+            out += summaries(run.stage("tag_pipeline.methods.stack.stage:materialize_stack", name=f"stack-seed{seed}",
+                                       step="ensemble", graph_path=run.graph, seed=seed, candidates=candidates,
+                                       cfg=method, lake_root=run.lake), "stack")
+    run.paths["stacks"] = str(cfg.lake / cfg.dataset.lake_name / "stack")
+    return out
+
+
 def stages_function(name: str) -> Stages:
     """The stages function of method ``name``: the one its spec names.
 

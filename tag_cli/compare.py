@@ -1,5 +1,6 @@
-"""``tag compare``: several methods on one dataset and the same seeds, one leaderboard, in this
-process (the flow that ``tag/compare`` deploys).
+"""``tag compare``'s own option: several methods on one dataset and the same seeds, one
+leaderboard, in this process (the flow that ``tag/compare`` deploys; :func:`tag_cli.main.main`
+runs it, with ``tag``'s option parsing).
 
     tag compare --methods '["tape","gallon"]' --config configs/cora.yaml --seeds '[4,5,6,7]'
 
@@ -12,7 +13,6 @@ end, with its lake path (``<lake>/<dataset>/compare/<key>``). A failing run prin
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import yaml
@@ -53,50 +53,3 @@ def split_methods(argv: list[str]) -> tuple[list[Any], list[str]]:
     if not isinstance(parsed, list) or not parsed:
         raise ValueError(f"--methods: expected a non-empty list of method names or configs (got {value!r})")
     return parsed, rest
-
-
-def main(argv: list[str]) -> int:
-    """Run ``tag compare``; returns the exit status (0; 1 = the run failed; 2 = bad usage)."""
-    from tag_cli.main import USAGE_ERROR, RUN_ERROR, UsageError, _fail, _run_error_message, parse_config
-    from tag_cli.runtime import prefect_defaults
-    from tag_pipeline.methods import method_config
-
-    from pydantic import ValidationError
-
-    try:
-        raw, rest = split_methods(argv)
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return USAGE_ERROR
-    methods, problems = [], []
-    for i, value in enumerate(raw):
-        try:
-            methods.append(method_config(value))
-        except (ValidationError, ValueError) as exc:
-            errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else [{"msg": str(exc)}]
-            problems += [f"--methods[{i}]: {' '.join(str(e['msg']).split())} (got {value!r})" for e in errors]
-    if problems:
-        for problem in problems:
-            print(f"{PROG}: error: {problem}", file=sys.stderr)
-        return USAGE_ERROR
-    try:
-        cfg, own = parse_config(rest)
-    except UsageError as exc:
-        return _fail(exc.problems, USAGE_ERROR, exc)
-    if own.print_config:
-        print(cfg.model_dump_json(indent=2, exclude={"method"}))
-        print("methods:", [m.model_dump(mode="json") for m in methods])
-        return 0
-    prefect_defaults()
-    try:
-        from flows.compare import compare
-
-        board = compare(
-            dataset=cfg.dataset, methods=methods, features=cfg.features, models=cfg.models, seeds=cfg.seeds,
-            llm=cfg.llm, lm=cfg.lm, gnn=cfg.gnn, ensemble=cfg.ensemble, lake=str(cfg.lake),
-        )
-    except Exception as exc:  # noqa: BLE001 - any failure of the run is reported in one line
-        return _fail([_run_error_message(exc)], RUN_ERROR, exc)
-    print(board["markdown"])  # on stdout, for a pipe; the flow run logged it too
-    print(f"leaderboard: {board['leaderboard']}")
-    return 0

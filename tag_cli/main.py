@@ -491,6 +491,53 @@ def _run_lake(argv: list[str]) -> int:
     return lake.main(argv) or 0
 
 
+def _run_compare(argv: list[str]) -> int:
+    """``tag compare``: ``--methods`` (:func:`tag_cli.compare.split_methods`) plus ``tag``'s own
+    options; the compare flow in this process, its leaderboard's markdown on stdout."""
+    from pydantic import ValidationError
+
+    from tag_cli.compare import PROG as COMPARE, split_methods
+    from tag_pipeline.methods import method_config
+
+    try:
+        raw, rest = split_methods(argv)
+    except ValueError as exc:
+        print(f"{COMPARE}: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    methods, problems = [], []
+    for i, value in enumerate(raw):
+        try:
+            methods.append(method_config(value))
+        except (ValidationError, ValueError) as exc:
+            errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else [{"msg": str(exc)}]
+            problems += [f"--methods[{i}]: {' '.join(str(e['msg']).split())} (got {value!r})" for e in errors]
+    if problems:
+        for problem in problems:
+            print(f"{COMPARE}: error: {problem}", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        cfg, own = parse_config(rest)
+    except UsageError as exc:
+        return _fail(exc.problems, USAGE_ERROR, exc)
+    if own.print_config:
+        print(cfg.model_dump_json(indent=2, exclude={"method"}))
+        print("methods:", [m.model_dump(mode="json") for m in methods])
+        return 0
+    prefect_defaults()
+    try:
+        from flows.compare import compare
+
+        board = compare(
+            dataset=cfg.dataset, methods=methods, features=cfg.features, models=cfg.models, seeds=cfg.seeds,
+            llm=cfg.llm, lm=cfg.lm, gnn=cfg.gnn, ensemble=cfg.ensemble, lake=str(cfg.lake),
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure of the run is reported in one line
+        return _fail([_run_error_message(exc)], RUN_ERROR, exc)
+    print(board["markdown"])  # on stdout, for a pipe; the flow run logged it too
+    print(f"leaderboard: {board['leaderboard']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``tag`` console script: returns the exit status (0, 1 = the run failed, 2 = bad usage)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -499,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["predict"]:
         return importlib.import_module("tag_cli.predict").main(argv[1:])
     if argv[:1] == ["compare"]:
-        return importlib.import_module("tag_cli.compare").main(argv[1:])
+        return _run_compare(argv[1:])
     try:
         cfg, own = parse_config(argv)
     except UsageError as exc:

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tag_cli.compare import DEFAULT_METHODS, main, split_methods
+from tag_cli.compare import DEFAULT_METHODS, split_methods
+from tag_cli.main import main as tag_main
+
+
+def main(argv: list[str]) -> int:
+    return tag_main(["compare", *argv])
 
 
 def test_methods_are_taken_out_of_the_command_line():

@@ -53,6 +53,7 @@ from tag_pipeline.methods.dre.config import DreMethod
 from tag_pipeline.methods.gallon.config import GallonMethod
 from tag_pipeline.methods.glem.config import GlemMethod
 from tag_pipeline.methods.leading.config import LeadingMethod
+from tag_pipeline.methods.stack.config import StackMethod
 from tag_pipeline.methods.tape.config import TapeMethod
 
 
@@ -95,6 +96,8 @@ SPECS: dict[str, MethodSpec] = {s.name: s for s in (
                headline_variants=("dre", "zero-shot"),  # Dr.E, and its decoder zero-shot without graph tokens
                accuracy_sections="tag_pipeline.methods.dre.report:dre_sections",
                run_sections="tag_pipeline.methods.dre.report:dre_run_sections"),
+    MethodSpec(StackMethod, stages="flows.methods:stack_stages", headline_variants=("stack",),
+               run_sections="tag_pipeline.methods.stack.report:stack_run_sections"),
 )}
 BUILTIN_METHODS: dict[str, type[MethodBase]] = {name: s.config for name, s in SPECS.items()}
 #: every method's spec, by name (built-ins plus :func:`register_method`)
@@ -154,7 +157,7 @@ def _registered(value: Any, handler) -> Any:
 
 #: The ``method`` field: one of the methods, told apart by ``name``.
 MethodConfig = Annotated[
-    Union[TapeMethod, GallonMethod, GlemMethod, LeadingMethod, DreMethod],
+    Union[TapeMethod, GallonMethod, GlemMethod, LeadingMethod, DreMethod, StackMethod],
     Field(discriminator="name"),
     WrapValidator(_registered),
     PlainSerializer(lambda v, info: v.model_dump(mode=info.mode), return_type=dict),
@@ -176,6 +179,6 @@ def method_config(value: Any) -> MethodBase:
 
 __all__ = [
     "BUILTIN_METHODS", "METHODS", "METHOD_SPECS", "SPECS", "DreMethod", "GallonMethod", "GlemMethod", "LeadingMethod",
-    "MethodBase", "MethodConfig", "MethodSpec", "TapeMethod", "method_config", "method_spec", "register_method",
+    "MethodBase", "MethodConfig", "MethodSpec", "StackMethod", "TapeMethod", "method_config", "method_spec", "register_method",
     "resolve", "unregister_method",
 ]
