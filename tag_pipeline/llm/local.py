@@ -143,7 +143,7 @@ def installed_server_version() -> str | None:
         return None
 
 
-def model_identity(cfg: LocalLLMConfig) -> dict[str, str | None]:
+def model_identity(cfg: LocalLLMConfig, path: Path | None = None) -> dict[str, str | None]:
     """What the keys know of the model and who runs it.
 
     ``model_sha256``: the GGUF file's digest (not its name or path); ``server``: the
@@ -151,14 +151,19 @@ def model_identity(cfg: LocalLLMConfig) -> dict[str, str | None]:
     may decode differently), or, for a server already running, its ``api_base`` (which must
     serve that file: what else it runs is unknown here).
 
+    ``path``: ``model_file(cfg.model)`` when the caller has it already (locating a packaged
+    model can cost a second: Gemma's ``assemble()`` checks its file's sha256).
+
     Raises:
         DecoderNotFoundError: see :func:`model_file`.
     """
     server = cfg.api_base or f"{SERVER_DISTRIBUTION}=={installed_server_version()}"
-    return {"model_sha256": model_digest(model_file(cfg.model)), "server": server}
+    return {"model_sha256": model_digest(path or model_file(cfg.model)), "server": server}
 
 
-def node_answer_key(dataset: str, class_names: Sequence[str], cfg: LocalLLMConfig) -> Callable[[str], str]:
+def node_answer_key(
+    dataset: str, class_names: Sequence[str], cfg: LocalLLMConfig, path: Path | None = None
+) -> Callable[[str], str]:
     """``text -> key`` under which the local backend caches a node's answer.
 
     :func:`tag_pipeline.llm.cache.answer_key` with backend ``"local"``, the model file's
@@ -166,14 +171,14 @@ def node_answer_key(dataset: str, class_names: Sequence[str], cfg: LocalLLMConfi
     template's version and hash, and :func:`generation_params`. A managed server's port,
     count and threads are not in it: the same file and llama.cpp answer the same wherever
     they run (greedy decoding of one prompt at a time; tests/llm/test_local.py compares 1 and
-    2 threads).
+    2 threads). ``path``: see :func:`model_identity`.
     """
     from tag_pipeline.llm.cache import answer_key
     from tag_pipeline.llm.prompts import prompt_hash, prompt_version
 
     version = prompt_version(dataset, cfg.template_version)
     p_hash = prompt_hash(dataset, list(class_names), cfg.template_version, k=cfg.top_k)
-    identity = model_identity(cfg)
+    identity = model_identity(cfg, path)
     model = f"sha256:{identity['model_sha256']}@{identity['server']}"
     params = generation_params(cfg)
 
@@ -373,7 +378,7 @@ def answer_nodes_local(
     from tag_pipeline.llm.online import answer_nodes
 
     path = model_file(cfg.model)
-    key_of = node_answer_key(dataset, class_names, cfg)
+    key_of = node_answer_key(dataset, class_names, cfg, path)
     with open_cache(cfg.cache_dir) as cache:
         keys = {key_of(text) for _, text in nodes}
         hits = {k: get_answer(cache, k) for k in keys}

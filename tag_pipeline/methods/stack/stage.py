@@ -102,12 +102,13 @@ def ensemble_selection(probs: np.ndarray, labels: np.ndarray, rounds: int) -> np
     return best_counts
 
 
-def _read(file: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(logits [N, C] float32, split [N] str, label [N] int64)`` of a predictions file, node order."""
+def _read(file: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits [N, C] float32, split [N] str)`` of a predictions file, in node order (labels
+    come from the graph, not from the members' files)."""
     import polars as pl
 
-    df = pl.read_parquet(file).sort("node_id")
-    return df["logits"].to_numpy().astype(np.float32), df["split"].to_numpy(), df["label"].to_numpy()
+    df = pl.read_parquet(file, columns=["node_id", "split", "logits"]).sort("node_id")
+    return df["logits"].to_numpy().astype(np.float32), df["split"].to_numpy()
 
 
 def stack_path(graph_path: str | Path, seed: int, candidates: Sequence[Mapping[str, str]], cfg: StackMethod,
@@ -163,7 +164,7 @@ def materialize_stack(graph_path: str | Path, seed: int, candidates: Sequence[Ma
             want[split.part(part)] = part
         probs = []
         for c in candidates:
-            logits, parts, _ = _read(c["file"])
+            logits, parts = _read(c["file"])
             if logits.shape[0] != graph.num_nodes or not np.array_equal(parts.astype(object), want):
                 raise ValueError(f"{c['file']}: its {logits.shape[0]} nodes' split is not seed {seed}'s split of "
                                  f"{graph_path} ({graph.num_nodes} nodes); a stack combines one seed's predictors")
